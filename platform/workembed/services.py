@@ -1,0 +1,427 @@
+"""Local development services on 127.0.0.1: a Ray head, an MLflow tracking server, an S3-compatible server.
+
+``workembed services up`` starts whichever of them is not running yet and waits until each answers;
+``down`` stops exactly the processes ``up`` started (tracked by process group in ``state_dir``), never
+another Ray cluster or server on the machine. Logs and PID files live in ``state_dir``; the shell
+environment clients need (``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI``, ``AWS_ENDPOINT_URL``, ...) is written
+to ``state_dir/env``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from pydantic import Field, field_validator
+
+from workembed.config import Config
+
+LOOPBACK = "127.0.0.1"
+S3_ACCESS_KEY = "workembed"
+S3_SECRET_KEY = "workembed-local-secret"
+S3_REGION = "us-east-1"
+
+
+class RayHeadConfig(Config):
+    enabled: bool = True
+    port: int = Field(6379, description="GCS port of the head node.")
+    dashboard_port: int = Field(8265, description="Dashboard and Jobs API port (ray job submit --address).")
+    client_port: int = Field(10001, description="Ray Client port (ray://127.0.0.1:PORT).")
+    agent_port: int = Field(
+        52365, description="Dashboard agent HTTP port; jobs are submitted through it, so `up` waits for it."
+    )
+    num_cpus: int = Field(4, ge=1, description="Logical CPUs; more than cores so data tasks are not starved.")
+
+
+class MlflowServerConfig(Config):
+    enabled: bool = True
+    port: int = Field(5000, description="Tracking server port (MLFLOW_TRACKING_URI=http://127.0.0.1:PORT).")
+    artifacts: str = Field(
+        "s3",
+        description="Artifact store: 's3' (a bucket on the local S3 server) "
+        "or 'local' (state_dir/mlartifacts).",
+    )
+
+    @field_validator("artifacts")
+    @classmethod
+    def _known_store(cls, value: str) -> str:
+        if value not in ("s3", "local"):
+            raise ValueError("must be 's3' or 'local'")
+        return value
+
+
+class S3ServerConfig(Config):
+    enabled: bool = True
+    port: int = Field(9000, description="S3-compatible server port (AWS_ENDPOINT_URL=http://127.0.0.1:PORT).")
+    buckets: list[str] = Field(default_factory=lambda: ["workembed"], description="Buckets created at start.")
+
+
+class ServicesConfig(Config):
+    """Where the local services listen and keep their state."""
+
+    state_dir: str = Field(".workembed/services", description="PID files, logs, the SQLite store, env file.")
+    startup_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a service to answer.")
+    ray: RayHeadConfig = Field(default_factory=RayHeadConfig)
+    mlflow: MlflowServerConfig = Field(default_factory=MlflowServerConfig)
+    s3: S3ServerConfig = Field(default_factory=S3ServerConfig)
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return str(Path(value).expanduser().resolve())
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or stop as asked."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One managed process group."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    url: str
+    probe: str  # an HTTP path answered with 200 once the service is ready
+    also_ready: tuple[str, ...] = ()  # further URLs that must answer 200 before it counts as ready
+
+
+def _bin(name: str) -> str:
+    """An executable from this environment (beside the running interpreter) or from PATH."""
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise ServiceError(f"'{name}' not found beside {sys.executable} or on PATH")
+    return found
+
+
+def _path_with_this_environment() -> str:
+    """PATH with this interpreter's folder first, so that a job's ``python`` is this environment's."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def ray_temp_dir(config: ServicesConfig) -> str:
+    """A short, per-cluster temp dir (Ray's socket paths must stay under ~100 characters)."""
+    return f"/tmp/workembed-ray-{os.getuid()}-{config.ray.port}"
+
+
+def s3_env(config: ServicesConfig) -> dict[str, str]:
+    """Environment variables that point boto3, s3fs and pyarrow at the local S3 server."""
+    return {
+        "AWS_ENDPOINT_URL": f"http://{LOOPBACK}:{config.s3.port}",
+        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+
+
+def client_env(config: ServicesConfig) -> dict[str, str]:
+    """What a shell needs to talk to the running services."""
+    env: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    if config.ray.enabled:
+        env |= {"RAY_ADDRESS": f"http://{LOOPBACK}:{config.ray.dashboard_port}"} | ray_auth_env(config)
+    if config.mlflow.enabled:
+        env["MLFLOW_TRACKING_URI"] = f"http://{LOOPBACK}:{config.mlflow.port}"
+    if config.s3.enabled:
+        env |= s3_env(config)
+    return env
+
+
+def ray_auth_env(config: ServicesConfig) -> dict[str, str]:
+    """Token authentication for the local Ray head: the token lives in ``state_dir/ray_auth_token``."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(Path(config.state_dir) / "ray_auth_token")}
+
+
+def _ensure_ray_token(config: ServicesConfig) -> None:
+    path = Path(ray_auth_env(config)["RAY_AUTH_TOKEN_PATH"])
+    if not path.is_file():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+
+
+def _services(config: ServicesConfig) -> list[Service]:
+    state = Path(config.state_dir)
+    base_env = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    services: list[Service] = []
+    if config.s3.enabled:
+        services.append(
+            Service(
+                name="s3",
+                command=[_bin("moto_server"), "-H", LOOPBACK, "-p", str(config.s3.port)],
+                env=base_env | s3_env(config),
+                url=f"http://{LOOPBACK}:{config.s3.port}",
+                probe="/moto-api/",
+            )
+        )
+    if config.mlflow.enabled:
+        env = base_env | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job workers
+        if config.mlflow.artifacts == "s3":
+            if not config.s3.enabled:
+                raise ServiceError("mlflow.artifacts=s3 needs the S3 server (s3.enabled=true)")
+            artifacts = f"s3://{config.s3.buckets[0]}/mlflow-artifacts"
+            env |= s3_env(config) | {"MLFLOW_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{config.s3.port}"}
+        else:
+            artifacts = str(state / "mlartifacts")
+        services.append(
+            Service(
+                name="mlflow",
+                command=[
+                    _bin("mlflow"),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{state / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    artifacts,
+                    "--host",
+                    LOOPBACK,
+                    "--port",
+                    str(config.mlflow.port),
+                    "--workers",
+                    "1",
+                ],
+                env=env,
+                url=f"http://{LOOPBACK}:{config.mlflow.port}",
+                probe="/health",
+            )
+        )
+    if config.ray.enabled:
+        services.append(
+            Service(
+                name="ray",
+                command=[
+                    _bin("ray"),
+                    "start",
+                    "--head",
+                    "--block",
+                    "--node-ip-address",
+                    LOOPBACK,
+                    "--port",
+                    str(config.ray.port),
+                    "--dashboard-host",
+                    LOOPBACK,
+                    "--dashboard-port",
+                    str(config.ray.dashboard_port),
+                    "--ray-client-server-port",
+                    str(config.ray.client_port),
+                    "--dashboard-agent-listen-port",
+                    str(config.ray.agent_port),
+                    "--num-cpus",
+                    str(config.ray.num_cpus),
+                    "--temp-dir",
+                    ray_temp_dir(config),
+                    "--disable-usage-stats",
+                ],
+                env=base_env | ray_auth_env(config),
+                url=f"http://{LOOPBACK}:{config.ray.dashboard_port}",
+                probe="/api/version",
+                also_ready=(f"http://{LOOPBACK}:{config.ray.agent_port}/api/local_raylet_healthz",),
+            )
+        )
+    return services
+
+
+# ------------------------------------------------------------------------------------------ lifecycle
+
+
+def _pid_file(config: ServicesConfig, name: str) -> Path:
+    return Path(config.state_dir) / f"{name}.pid"
+
+
+def _running_pid(config: ServicesConfig, name: str) -> int | None:
+    """The recorded process-group leader of a service, if that process is still alive."""
+    path = _pid_file(config, name)
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    try:
+        proc = psutil.Process(record["pid"])
+        if proc.create_time() == record["create_time"] and proc.status() != psutil.STATUS_ZOMBIE:
+            return record["pid"]
+    except psutil.NoSuchProcess:
+        pass
+    return None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def _answers(service: Service) -> bool:
+    return all(_answers_200(service, url) for url in (service.url + service.probe, *service.also_ready))
+
+
+def _answers_200(service: Service, url: str) -> bool:
+    request = urllib.request.Request(url)
+    token_path = service.env.get("RAY_AUTH_TOKEN_PATH")
+    if token_path and Path(token_path).is_file():
+        request.add_header("Authorization", f"Bearer {Path(token_path).read_text().strip()}")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _port_of(service: Service) -> int:
+    return int(service.url.rsplit(":", 1)[1])
+
+
+def up(config: ServicesConfig, log=print) -> dict[str, str]:
+    """Start the enabled services that are not running; wait until each answers. Returns their URLs."""
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    urls: dict[str, str] = {}
+    started: list[str] = []
+    try:
+        for service in _services(config):
+            urls[service.name] = service.url
+            if _running_pid(config, service.name):
+                log(f"{service.name}: already running at {service.url}")
+                continue
+            _start(config, service, log)
+            started.append(service.name)
+    except BaseException:
+        for name in reversed(started):  # leave nothing half-started behind
+            _stop_group(config, name)
+        raise
+    env_lines = [f"export {key}={value}" for key, value in client_env(config).items()]
+    (state / "env").write_text("\n".join(env_lines) + "\n")
+    return urls
+
+
+def _start(config: ServicesConfig, service: Service, log) -> None:
+    state = Path(config.state_dir)
+    if _port_open(_port_of(service)):
+        raise ServiceError(
+            f"{service.name}: port {_port_of(service)} on {LOOPBACK} is taken by another process; "
+            f"choose another with --set {service.name}.port=PORT"
+        )
+    log(f"{service.name}: starting at {service.url} (log: {state / (service.name + '.log')})")
+    if service.name == "ray":
+        _ensure_ray_token(config)
+    with open(state / f"{service.name}.log", "ab") as log_file:
+        proc = subprocess.Popen(
+            service.command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=os.environ | service.env | {"PATH": _path_with_this_environment()},
+            cwd=state,
+            start_new_session=True,
+        )
+    _pid_file(config, service.name).write_text(
+        json.dumps({"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()})
+    )
+    _wait_ready(config, service, proc)
+    if service.name == "s3":
+        _create_buckets(config)
+
+
+def _wait_ready(config: ServicesConfig, service: Service, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + config.startup_timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _stop_group(config, service.name)
+            log_path = Path(config.state_dir) / f"{service.name}.log"
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-5:])
+            raise ServiceError(
+                f"{service.name} exited with code {proc.returncode} while starting; "
+                f"end of {log_path}:\n{tail}"
+            )
+        if _answers(service):
+            return
+        time.sleep(0.5)
+    _stop_group(config, service.name)
+    raise ServiceError(f"{service.name} did not answer at {service.url} within {config.startup_timeout_s} s")
+
+
+def _create_buckets(config: ServicesConfig) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{LOOPBACK}:{config.s3.port}",
+        aws_access_key_id=S3_ACCESS_KEY,
+        aws_secret_access_key=S3_SECRET_KEY,
+        region_name=S3_REGION,
+    )
+    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
+    for bucket in config.s3.buckets:
+        if bucket not in existing:
+            client.create_bucket(Bucket=bucket)
+
+
+def group_processes(pgid: int) -> list[psutil.Process]:
+    """Every live process in a process group."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            continue
+    return found
+
+
+def _stop_group(config: ServicesConfig, name: str, grace_s: float = 20.0) -> bool:
+    """Stop a recorded process group: SIGTERM, then SIGKILL whatever is left after ``grace_s``."""
+    path = _pid_file(config, name)
+    if not path.is_file():
+        return False
+    pgid = json.loads(path.read_text())["pid"]
+    stopped = False
+    if _running_pid(config, name) or group_processes(pgid):
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and group_processes(pgid):
+                time.sleep(0.2)
+            if not group_processes(pgid):
+                break
+        stopped = True
+    path.unlink(missing_ok=True)
+    if name == "ray":
+        # A killed head leaves its address marker behind; a later ray.init() would try to join it.
+        Path(ray_temp_dir(config), "ray_current_cluster").unlink(missing_ok=True)
+    return stopped
+
+
+def down(config: ServicesConfig, log=print) -> list[str]:
+    """Stop the services ``up`` started (in reverse order); returns the names stopped."""
+    stopped = []
+    for service in reversed(_services(config)):
+        if _stop_group(config, service.name):
+            log(f"{service.name}: stopped")
+            stopped.append(service.name)
+    return stopped
+
+
+def status(config: ServicesConfig) -> dict[str, dict[str, object]]:
+    """Per service: whether its process runs, whether it answers, its URL."""
+    report = {}
+    for service in _services(config):
+        pid = _running_pid(config, service.name)
+        report[service.name] = {
+            "running": pid is not None,
+            "pid": pid,
+            "answers": _answers(service),
+            "url": service.url,
+        }
+    return report

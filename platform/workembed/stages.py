@@ -1,0 +1,52 @@
+"""Pipeline stages by name: ``workembed run <stage>`` and ``python -m jobs.<stage>`` share this entry."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A stage: its typed config class and the function that runs it (``module:attribute`` each)."""
+
+    name: str
+    config: str
+    run: str
+    help: str
+
+    def load(self, target: str):
+        module, attribute = target.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage(
+            "ingest",
+            "workembed.data.config:IngestConfig",
+            "workembed.data.pipeline:run_stage",
+            "job ads → job_ads, sentences, edges, rejects, skill edge counts (Ray Data)",
+        ),
+    )
+}
+
+
+def run(name: str, args: argparse.Namespace) -> object:
+    """Load the stage's config from the parsed arguments and run it; returns its summary."""
+    from workembed.cli import config_from_args
+
+    stage = STAGES[name]
+    config = config_from_args(stage.load(stage.config), args)
+    return stage.load(stage.run)(config)
+
+
+def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.<name> -c CONFIG [--profile P] [--set k=v ...]``."""
+    from workembed.cli import main
+
+    return main(["run", name, *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,81 @@
+"""Shared fixtures: one local Ray instance per test run, a real S3-compatible server, the data root."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+# Ray stays on 127.0.0.1; nothing reaches a model hub or a telemetry endpoint.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port(low: int = 20000, high: int = 60000) -> int:
+    """A free TCP port on 127.0.0.1 outside Ray's default worker-port range (10002-19999)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if low <= port < high:
+            return port
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data root (``../shared/data`` or ``$WORKEMBED_DATA_DIR``)."""
+    from workembed.config import data_root
+
+    root = data_root()
+    if root is None:
+        pytest.skip("no data root: ../shared/data is absent and WORKEMBED_DATA_DIR is unset")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole run (more logical CPUs than cores, dashboard off)."""
+    import ray
+
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS variables pointing at it."""
+    from workembed import services
+
+    config = services.ServicesConfig.model_validate(
+        {
+            "state_dir": str(tmp_path_factory.mktemp("s3-server")),
+            "ray": {"enabled": False},
+            "mlflow": {"enabled": False},
+            "s3": {"port": free_port(), "buckets": ["workembed-test"]},
+        }
+    )
+    services.up(config, log=lambda _: None)
+    env = services.s3_env(config)
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "workembed-test", **env}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    services.down(config, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The packaged all-MiniLM-L6-v2, loaded once."""
+    from workembed.models import Encoder
+
+    return Encoder("minilm")

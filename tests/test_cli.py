@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from workembed.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_esco_stats_on_official_export(capsys, data_dir):
+    code, out, _ = run(capsys, "esco", "stats", "--esco", str(data_dir / "esco" / "v1.1.1"))
+    assert code == 0
+    stats = json.loads(out)
+    assert (stats["skills"], stats["occupations"], stats["relations"]) == (13896, 3007, 123855)
+    assert (stats["relations_essential"], stats["relations_optional"]) == (64946, 58909)
+    assert stats["hierarchy_rows"] == 647 and stats["skill_alt_labels"] == 97483
+
+
+def test_esco_stats_relative_to_data_root(capsys, data_dir, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKEMBED_DATA_DIR", str(data_dir))
+    monkeypatch.chdir(tmp_path)  # as in a job's unpacked working directory
+    code, out, _ = run(capsys, "esco", "stats", "--set", "location=esco/v1.1.0")
+    assert code == 0
+    assert json.loads(out)["occupations"] == 3008
+
+
+def test_esco_stats_config_file_and_errors(capsys, tmp_path):
+    config = tmp_path / "esco.yaml"
+    config.write_text("location: builtin\n")
+    code, out, _ = run(capsys, "esco", "stats", "-c", str(config))
+    assert code == 0 and json.loads(out)["skills"] == 877
+    config.write_text("location: builtin\nlanguages: [en]\n")
+    code, out, err = run(capsys, "esco", "stats", "-c", str(config))
+    assert code == 2 and out == ""
+    assert "languages: Extra inputs are not permitted" in err and str(config) in err
+    code, _, err = run(capsys, "esco", "stats", "--esco", str(tmp_path / "none"))
+    assert code == 2 and "ESCO location not found" in err
+
+
+def test_embed_pooled_and_tokens(capsys):
+    code, out, _ = run(capsys, "embed", "--model", "minilm", "--tokens", "data engineer", "nurse")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["dim"] == 384
+    first, second = payload["results"]
+    assert first["text"] == "data engineer" and len(first["embedding"]) == 384
+    assert [t["token"] for t in first["tokens"]] == ["[CLS]", "data", "engineer", "[SEP]"]
+    assert first["tokens"][1]["start"] == 0 and first["tokens"][1]["end"] == 4
+    assert len(second["tokens"][1]["vector"]) == 384
+
+
+def test_embed_errors(capsys, tmp_path, monkeypatch):
+    code, _, err = run(capsys, "embed", "--model", str(tmp_path / "nope"), "x")
+    assert code == 2 and "neither a known alias" in err
+    code, _, err = run(capsys, "embed", "--set", "batch_size=0", "x")
+    assert code == 2 and "batch_size (from --set)" in err
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))
+    code, _, err = run(capsys, "embed")
+    assert code == 2 and "TEXT arguments" in err
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
