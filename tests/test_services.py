@@ -120,3 +120,8 @@ def test_cli_down_without_up_stops_nothing(config, capsys):
     code = main(["services", "down", "--set", f"state_dir={config.state_dir}"])
     assert code == 0
     assert json.loads(capsys.readouterr().out) == {"stopped": []}
+
+
+def test_default_state_dir_is_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # services run from their state dir: a relative default would break them
+    assert services.ServicesConfig().state_dir == str(tmp_path / ".workembed" / "services")

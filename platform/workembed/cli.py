@@ -83,6 +83,34 @@ def cmd_embed(args: argparse.Namespace) -> object:
     return {"model": config.model, "dim": encoder.dim, "results": results}
 
 
+def cmd_eval_run(args: argparse.Namespace) -> object:
+    from workembed.eval.runner import EvalConfig, run_eval
+
+    shortcuts = {
+        "model": args.model,
+        "datasets": args.datasets,
+        "baselines": True if args.baselines else None,
+        "scorer": args.scorer,
+        "out": args.out,
+    }
+    config = config_from_args(EvalConfig, args, shortcuts)
+    return run_eval(config, log=lambda message: print(message, file=sys.stderr))
+
+
+def cmd_eval_build_tasks(args: argparse.Namespace) -> object:
+    from workembed.eval.esco_tasks import BuildTasksConfig, run_build_tasks
+
+    config = config_from_args(BuildTasksConfig, args, {"esco.location": args.esco, "out": args.out})
+    return run_build_tasks(config)
+
+
+def cmd_eval_convert(args: argparse.Namespace) -> object:
+    from workembed.eval.converters import ConvertConfig, run_convert
+
+    shortcuts = {"source": args.source, "esco.location": args.esco, "out": args.out}
+    return run_convert(config_from_args(ConvertConfig, args, shortcuts))
+
+
 def cmd_run(args: argparse.Namespace) -> object:
     from workembed import stages
 
@@ -129,6 +157,46 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(embed)
     embed.set_defaults(handler=cmd_embed)
 
+    # `workembed eval` has sub-commands; `eval` followed by an option (or nothing) means `eval run`, so that
+    # `workembed eval --model minilm --dataset DIR` works as written (see `with_default_subcommand`).
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate encoders on ranking datasets",
+        description="`workembed eval --dataset DIR ...` is short for `workembed eval run --dataset DIR ...`.",
+    )
+    eval_commands = evaluation.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
+    eval_run = eval_commands.add_parser(
+        "run", help="rank each dataset's corpus for its queries; MAP, MRR, RP@K, NDCG@10, Recall@100"
+    )
+    eval_run.add_argument("--model", help="'minilm' or a model directory")
+    eval_run.add_argument(
+        "--dataset", dest="datasets", action="append", metavar="DIR", help="dataset folder (repeatable)"
+    )
+    eval_run.add_argument(
+        "--baselines", action="store_true", help="also rank with BM25 and char n-gram TF-IDF"
+    )
+    eval_run.add_argument("--scorer", choices=["cosine", "late-interaction"], help="encoder scoring")
+    eval_run.add_argument("--out", help="JSON report path; a Markdown table is written beside it (.md)")
+    add_config_args(eval_run)
+    eval_run.set_defaults(handler=cmd_eval_run)
+
+    build_tasks = eval_commands.add_parser(
+        "build-tasks", help="ESCO ranking tasks (job→skill, skill→job, skill/job normalization) + split.json"
+    )
+    build_tasks.add_argument("--esco", help="ESCO export (zip/folder, local or s3://) or 'builtin'")
+    build_tasks.add_argument("--out", help="output folder (one sub-folder per task)")
+    add_config_args(build_tasks)
+    build_tasks.set_defaults(handler=cmd_eval_build_tasks)
+
+    convert = eval_commands.add_parser(
+        "convert", help="the development benchmarks (skill extraction, SkillSkape, JobBERT, MELO) as datasets"
+    )
+    convert.add_argument("--source", help="benchmarks folder (default: benchmarks under the data root)")
+    convert.add_argument("--esco", help="ESCO release whose labels are the targets")
+    convert.add_argument("--out", help="output folder (one sub-folder per dataset)")
+    add_config_args(convert)
+    convert.set_defaults(handler=cmd_eval_convert)
+
     from workembed.stages import STAGES
 
     run = commands.add_parser("run", help="run a pipeline stage: " + ", ".join(STAGES))
@@ -145,8 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_SUBCOMMANDS = {"eval": "run"}
+
+
+def with_default_subcommand(argv: Sequence[str]) -> list[str]:
+    """``eval --dataset D`` → ``eval run --dataset D``: a command with sub-commands followed by an option
+    (other than -h/--help) or by nothing gets its default sub-command inserted."""
+    args = list(argv)
+    if args and args[0] in DEFAULT_SUBCOMMANDS:
+        if len(args) == 1 or (args[1].startswith("-") and args[1] not in ("-h", "--help")):
+            args.insert(1, DEFAULT_SUBCOMMANDS[args[0]])
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(with_default_subcommand(argv))
     handler: Callable[[argparse.Namespace], object] = args.handler
     try:
         result = handler(args)

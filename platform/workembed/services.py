@@ -70,7 +70,11 @@ class S3ServerConfig(Config):
 class ServicesConfig(Config):
     """Where the local services listen and keep their state."""
 
-    state_dir: str = Field(".workembed/services", description="PID files, logs, the SQLite store, env file.")
+    state_dir: str = Field(
+        ".workembed/services",
+        validate_default=True,
+        description="PID files, logs, the SQLite store, env file.",
+    )
     startup_timeout_s: float = Field(90.0, gt=0, description="How long to wait for a service to answer.")
     ray: RayHeadConfig = Field(default_factory=RayHeadConfig)
     mlflow: MlflowServerConfig = Field(default_factory=MlflowServerConfig)

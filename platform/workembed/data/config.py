@@ -88,8 +88,14 @@ class GroundConfig(Config):
     title_threshold: float = Field(0.6, ge=-1, le=1, description="Minimum cosine for a title → occupation.")
     min_label_chars: int = Field(3, ge=1, description="Labels up to this length match case-sensitively only.")
     concurrency: int = Field(1, ge=1, description="Grounding actors (each holds an encoder).")
+    num_cpus: float = Field(
+        1, gt=0, description="CPUs per grounding actor (Ray sets its torch threads to match)."
+    )
     num_gpus: float = Field(0, ge=0, description="GPUs per grounding actor (set with encoder.device=cuda).")
-    cache_dir: str = Field(".cache/workembed/embeddings", description="Cache of ESCO label embeddings.")
+    cache_dir: str = Field(
+        "~/.cache/workembed/embeddings",
+        description="Cache of ESCO label embeddings on the driver (kept across runs and submitted jobs).",
+    )
 
 
 class GraphConfig(Config):
@@ -119,6 +125,9 @@ class IngestConfig(Config):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    prepare_actors: int = Field(
+        2, ge=1, description="Most actors that parse, sign and segment records in parallel (scale to cores)."
+    )
 
     @model_validator(mode="after")
     def _unique_source_names(self) -> IngestConfig:

@@ -1,9 +1,9 @@
 """Exact and near-duplicate removal of ads (MinHash LSH, datasketch), and exact dedupe of sentences.
 
 Signatures are computed in parallel (:class:`MinHashSigner`); the index that decides which ad was seen first
-lives in one actor (:class:`AdDeduplicator`, ``concurrency=1``), as does the set of sentence hashes
-(:class:`SentenceDeduplicator`). Their memory grows with the number of distinct ads / sentences. A
-duplicate ad is quarantined with the id of the ad it repeats.
+(:class:`AdDeduplicator`) and the set of sentence hashes (:class:`SentenceDeduplicator`) live in one actor of
+the stream. Their memory grows with the number of distinct ads / sentences. A duplicate ad is quarantined
+with the id of the ad it repeats.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import hashlib
 import re
 
 import numpy as np
-import pyarrow as pa
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from workembed.data.config import DedupeConfig
-from workembed.data.records import is_reject, reject, to_table
+from workembed.data.records import is_reject, reject
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _SEED = 1
@@ -40,13 +39,12 @@ def ad_text(row: dict) -> str:
 
 
 class MinHashSigner:
-    """Adds the ``minhash`` signature of each ad (parallel, stateless)."""
+    """Sets the ``minhash`` signature of each ad (stateless: runs in parallel)."""
 
     def __init__(self, config: DedupeConfig):
         self._config = config
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def sign(self, rows: list[dict]) -> None:
         ads = [row for row in rows if not is_reject(row)]
         if self._config.near and ads:
             docs = [shingles(ad_text(row), self._config.shingle_words) for row in ads]
@@ -54,7 +52,6 @@ class MinHashSigner:
                 ads, MinHash.bulk(docs, num_perm=self._config.num_perm, seed=_SEED), strict=True
             ):
                 row["minhash"] = signature.hashvalues.astype(np.uint64).tolist()
-        return to_table(rows)
 
 
 class AdDeduplicator:
@@ -64,9 +61,6 @@ class AdDeduplicator:
         self._config = config
         self._exact: dict[bytes, str] = {}
         self._lsh = MinHashLSH(threshold=config.threshold, num_perm=config.num_perm) if config.near else None
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return to_table([self.check(row) for row in batch.to_pylist()])
 
     def check(self, row: dict) -> dict:
         if is_reject(row):
@@ -101,8 +95,7 @@ class SentenceDeduplicator:
     def __init__(self) -> None:
         self._seen: set[bytes] = set()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+    def dedupe(self, rows: list[dict]) -> None:
         for row in rows:
             if is_reject(row) or not row.get("sentences"):
                 continue
@@ -114,4 +107,3 @@ class SentenceDeduplicator:
                     kept.append(sentence)
             row["n_sentence_duplicates"] = len(row["sentences"]) - len(kept)
             row["sentences"] = kept
-        return to_table(rows)

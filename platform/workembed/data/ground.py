@@ -59,7 +59,7 @@ def embed_space(space: LabelSpace, config: GroundConfig, log=print) -> LabelSpac
     """Fill ``space.vectors`` from the on-disk cache, or embed the labels once and cache them."""
     from workembed.models import Encoder
 
-    cache = Path(config.cache_dir) / f"{space.fingerprint(config.encoder.model)}.npy"
+    cache = Path(config.cache_dir).expanduser() / f"{space.fingerprint(config.encoder.model)}.npy"
     if cache.is_file():
         space.vectors = np.load(cache)
         return space

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workembed.config import resolve_data_path
-from workembed.data.config import IngestConfig, SourceConfig
+from workembed.data.config import DedupeConfig, IngestConfig, SourceConfig
 from workembed.data.dedupe import AdDeduplicator, MinHashSigner, SentenceDeduplicator
 from workembed.data.graph import EDGE_SCHEMA, VacancyEdges, esco_edges_table
 from workembed.data.ground import Grounder, embed_space, occupation_space, skill_space
@@ -30,9 +30,9 @@ from workembed.data.text import split_sentences
 from workembed.taxonomy import Taxonomy, load_esco_config
 
 STAGE_ORDER = ("read", "parse", "validate", "dedupe")
-# The two dedupe indexes are single actors doing cheap look-ups: a fraction of a CPU each, so that they never
-# take the slots the readers, the parser and the grounding actors need (a full CPU each starves the readers
-# of a 4-CPU local instance and the stream stalls).
+# The dedupe indexes live in one actor doing cheap look-ups: a fraction of a CPU, so that it never takes the
+# slot the readers, the preparers and the grounding actors need (a full CPU starves the readers of a 4-CPU
+# local instance and the stream stalls).
 INDEX_ACTOR_CPUS = 0.25
 JOB_AD_COLUMNS = [
     "ad_id",
@@ -98,56 +98,76 @@ def read_source(source: SourceConfig, config: IngestConfig):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-class Segmenter:
-    """Splits each ad's description into sentences."""
+class AdPreparer:
+    """Parse and validate, MinHash-sign and segment each record: the per-record work, in one parallel stage.
 
-    def __init__(self, min_chars: int, max_chars: int):
-        self._min, self._max = min_chars, max_chars
+    Fusing the three steps converts each block between Arrow and Python once, not three times; the lingua
+    detector is built once per actor.
+    """
+
+    def __init__(self, config: IngestConfig):
+        self._parser = RecordParser(config.sources, config.validation, config.segment.detect_languages)
+        self._signer = MinHashSigner(config.dedupe)
+        self._min, self._max = config.segment.min_chars, config.segment.max_chars
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
+        return to_table(self.prepare(batch.to_pylist()))
+
+    def prepare(self, raw_rows: list[dict]) -> list[dict]:
+        rows = [self._parser.parse(row) for row in raw_rows]
+        self._signer.sign(rows)
         for row in rows:
             if not is_reject(row):
                 row["sentences"] = split_sentences(row["description"], self._min, self._max)
                 row["n_segmented"] = len(row["sentences"])
                 row["n_sentence_duplicates"] = 0
-        return to_table(rows)
+        return rows
+
+
+class Deduplicator:
+    """Quarantines duplicate ads, then drops sentences seen before: the stream's one stateful stage."""
+
+    def __init__(self, config: DedupeConfig):
+        self._ads = AdDeduplicator(config)
+        self._sentences = SentenceDeduplicator() if config.sentences else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return to_table(self.dedupe(batch.to_pylist()))
+
+    def dedupe(self, rows: list[dict]) -> list[dict]:
+        rows = [self._ads.check(row) for row in rows]
+        if self._sentences is not None:
+            self._sentences.dedupe(rows)
+        return rows
 
 
 def clean_stream(config: IngestConfig):
-    """Read → parse/validate → dedupe ads → segment → dedupe sentences; lazy (runs when consumed)."""
+    """Read → parse/validate, sign, segment → dedupe ads and sentences; lazy (runs when consumed)."""
+    from ray.data import ActorPoolStrategy
+
     if not config.sources:
         raise ValueError("ingest: no sources configured (sources: [...])")
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     ds = ds.map_batches(
-        RecordParser,
-        fn_constructor_kwargs={
-            "sources": config.sources,
-            "validation": config.validation,
-            "languages": config.segment.detect_languages,
-        },
+        AdPreparer,
+        fn_constructor_kwargs={"config": config},
         batch_format="pyarrow",
-        concurrency=(1, 2),
+        compute=ActorPoolStrategy(min_size=1, max_size=config.prepare_actors),
     )
-    ds = ds.map_batches(MinHashSigner(config.dedupe), batch_format="pyarrow")
-    ds = ds.map_batches(
-        AdDeduplicator,
+    return ds.map_batches(
+        Deduplicator,
         fn_constructor_kwargs={"config": config.dedupe},
         batch_format="pyarrow",
-        concurrency=1,
+        compute=ActorPoolStrategy(size=1),
         num_cpus=INDEX_ACTOR_CPUS,
     )
-    ds = ds.map_batches(Segmenter(config.segment.min_chars, config.segment.max_chars), batch_format="pyarrow")
-    if config.dedupe.sentences:
-        ds = ds.map_batches(
-            SentenceDeduplicator, batch_format="pyarrow", concurrency=1, num_cpus=INDEX_ACTOR_CPUS
-        )
-    return ds
 
 
 def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[str], None]):
     """Adds ESCO grounding to a stream of segmented ads (label embeddings are computed or read once here)."""
+    from ray.data import ActorPoolStrategy
+
     skills, occupations = skill_space(taxonomy), occupation_space(taxonomy)
     if config.ground.dense:
         embed_space(skills, config.ground, log)
@@ -164,8 +184,9 @@ def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[s
             "occupations": occupations,
         },
         batch_format="pyarrow",
-        concurrency=config.ground.concurrency,
+        compute=ActorPoolStrategy(size=config.ground.concurrency),
         batch_size=256,
+        num_cpus=config.ground.num_cpus,
         num_gpus=config.ground.num_gpus or None,
     )
     return ds

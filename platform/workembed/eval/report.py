@@ -1,0 +1,62 @@
+"""Evaluation reports: metrics rounded for reading, written as JSON and as a Markdown table beside it."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from workembed.eval.metrics import METRICS
+
+DIGITS = 4
+
+
+def rounded(report: Mapping[str, Any], digits: int = DIGITS) -> dict[str, Any]:
+    """A copy of ``report`` with every float rounded to ``digits`` decimals (NaN becomes None)."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(item) for item in value]
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, digits)
+        return value
+
+    return walk(report)
+
+
+def markdown_table(report: Mapping[str, Any], digits: int = DIGITS) -> str:
+    """One row per (dataset, system): evaluated queries and every metric of :data:`METRICS`."""
+    header = ["dataset", "system", "queries", *METRICS]
+    lines = [
+        f"Model `{report.get('model')}`, scorer `{report.get('scorer')}`, top {report.get('k')}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---", "---"] + ["---:"] * (len(header) - 2)) + " |",
+    ]
+    for dataset, systems in report["results"].items():
+        for system, values in systems.items():
+            cells = [_cell(values.get(name), digits) for name in METRICS]
+            lines.append(f"| {dataset} | {system} | {values['n_queries']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Mapping[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (rounded JSON) and ``out`` with suffix ``.md`` (Markdown table); return both paths."""
+    json_path = Path(out).expanduser()
+    md_path = json_path.with_suffix(".md")
+    if md_path == json_path:
+        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown_table(report), encoding="utf-8")
+    return json_path, md_path
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"

@@ -1,0 +1,178 @@
+"""Run an encoder (and optionally the lexical baselines) over ranking datasets and report the metrics.
+
+For each dataset and each system (the model's name, ``bm25``, ``tfidf``) the report holds ``n_queries``
+(queries evaluated: those with a positive judgement), ``queries_without_positives`` and the means of
+:data:`workembed.eval.metrics.METRICS` over the top ``k`` ranking (with ``k`` < 100, Recall@100 counts the
+top ``k`` only); ``datasets`` gives each dataset's size (``queries``, ``targets``) and its ``language`` and
+``direction`` from ``meta.json``. :func:`evaluate` returns unrounded values; :func:`run_eval` rounds them
+(4 decimals) and writes the JSON and Markdown report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, field_validator
+
+from workembed.config import Config, resolve_data_path
+from workembed.eval.baselines import BASELINES
+from workembed.eval.dataset import RankingDataset, read_dataset
+from workembed.eval.metrics import mean_metrics
+from workembed.eval.report import rounded, write_report
+from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking
+
+if TYPE_CHECKING:
+    from workembed.models import Encoder
+
+DEFAULT_CACHE_DIR = "~/.cache/workembed/targets"
+
+
+class EvalConfig(Config):
+    """Settings of ``workembed eval``."""
+
+    model: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
+    datasets: list[str] = Field(
+        min_length=1,
+        description="Ranking dataset folders (queries.tsv, corpus.tsv, qrels.tsv); relative paths resolve "
+        "against the data root.",
+    )
+    baselines: bool = Field(False, description="Also rank with BM25 and character n-gram TF-IDF.")
+    k: int = Field(100, ge=1, description="Targets kept per query; metrics are computed on this top k.")
+    scorer: Scorer = Field(
+        "cosine", description="'cosine' on pooled embeddings or 'late-interaction' (query tokens vs target)."
+    )
+    temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature over query tokens for the late-interaction scorer."
+    )
+    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
+    block_size: int = Field(1024, ge=1, description="Queries scored against all targets at a time.")
+    device: str = Field("cpu", description="Torch device of the encoder ('cpu', 'cuda', 'cuda:1').")
+    cache_dir: str | None = Field(
+        DEFAULT_CACHE_DIR,
+        description="Where target embeddings are cached per (model, target space); null disables the cache.",
+    )
+    out: str | None = Field(
+        None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
+    )
+
+    @field_validator("out")
+    @classmethod
+    def _out_not_markdown(cls, value: str | None) -> str | None:
+        if value is not None and Path(value).suffix == ".md":
+            raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
+        return value
+
+
+def evaluate(
+    datasets: Sequence[RankingDataset | str | Path],
+    model: str | Path | Encoder = "minilm",
+    baselines: bool = False,
+    k: int = 100,
+    scorer: Scorer = "cosine",
+    *,
+    temperature: float = 0.05,
+    batch_size: int = 64,
+    max_length: int = 256,
+    block_size: int = 1024,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (a name, a model directory or an :class:`~workembed.models.Encoder`) and,
+    with ``baselines``, BM25 and TF-IDF on each dataset (a :class:`RankingDataset` or a folder)."""
+    from workembed.models import Encoder
+
+    loaded = [item if isinstance(item, RankingDataset) else read_dataset(item) for item in datasets]
+    names = [dataset.name for dataset in loaded]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"several datasets are named {', '.join(duplicates)}: give them distinct meta names")
+    encoder = (
+        model
+        if isinstance(model, Encoder)
+        else Encoder(model, max_length=max_length, batch_size=batch_size, device=device)
+    )
+    report: dict[str, Any] = {"model": encoder.name, "scorer": scorer, "k": k, "datasets": {}, "results": {}}
+    if scorer == "late-interaction":
+        report["temperature"] = temperature
+    for dataset in loaded:
+        evaluable = dataset.evaluable_queries()
+        queries = {qid: dataset.queries[qid] for qid in evaluable}
+        report["datasets"][dataset.name] = {
+            "queries": len(dataset.queries),
+            "targets": len(dataset.corpus),
+            "queries_without_positives": dataset.queries_without_positives,
+            **{key: dataset.meta[key] for key in ("language", "direction") if key in dataset.meta},
+        }
+        _say(log, f"{dataset.name}: {len(queries)} queries x {len(dataset.corpus)} targets")
+        rankers: dict[str, Callable[[], Ranking]] = {
+            encoder.name: partial(
+                encoder_ranking,
+                encoder,
+                queries,
+                dataset.corpus,
+                k=k,
+                scorer=scorer,
+                temperature=temperature,
+                cache_dir=cache_dir,
+                block_size=block_size,
+                log=log,
+            )
+        }
+        if baselines:
+            for name, rank in BASELINES.items():
+                rankers[name] = partial(rank, queries, dataset.corpus, k=k, block_size=block_size)
+        systems: dict[str, Any] = {}
+        for name, ranker in rankers.items():
+            if name != encoder.name:
+                _say(log, f"{dataset.name}: {name}")
+            started = time.perf_counter()
+            ranking = ranker() if queries else None  # no query with a positive: nothing to rank
+            systems[name] = _summary(dataset, ranking, time.perf_counter() - started)
+        report["results"][dataset.name] = systems
+    return report
+
+
+def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
+    """Evaluate as ``config`` says, write the report files when ``config.out`` is set; return the rounded
+    report (with ``out`` and ``markdown`` naming the files written)."""
+    report = evaluate(
+        [resolve_data_path(location) for location in config.datasets],
+        model=config.model,
+        baselines=config.baselines,
+        k=config.k,
+        scorer=config.scorer,
+        temperature=config.temperature,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        block_size=config.block_size,
+        device=config.device,
+        cache_dir=config.cache_dir,
+        log=log,
+    )
+    result = rounded(report)
+    if config.out is not None:
+        json_path, md_path = write_report(report, config.out)
+        result.update(out=str(json_path), markdown=str(md_path))
+        _say(log, f"wrote {json_path} and {md_path}")
+    return result
+
+
+def _summary(dataset: RankingDataset, ranking: Ranking | None, seconds: float) -> dict[str, Any]:
+    means, evaluated = mean_metrics(ranking.as_dict() if ranking is not None else {}, dataset.qrels)
+    return {
+        "n_queries": evaluated,
+        "queries_without_positives": dataset.queries_without_positives,
+        **means,
+        "seconds": seconds,
+    }
+
+
+def _say(log: Log | None, message: str) -> None:
+    if log is not None:
+        log(message)
