@@ -88,6 +88,9 @@ class GroundConfig(Config):
     title_threshold: float = Field(0.6, ge=-1, le=1, description="Minimum cosine for a title → occupation.")
     min_label_chars: int = Field(3, ge=1, description="Labels up to this length match case-sensitively only.")
     concurrency: int = Field(1, ge=1, description="Grounding actors (each holds an encoder).")
+    block_ads: int = Field(
+        256, ge=1, description="Ads per grounding task: the stream is cut into blocks of this size before it."
+    )
     num_cpus: float = Field(
         1, gt=0, description="CPUs per grounding actor (Ray sets its torch threads to match)."
     )
@@ -125,6 +128,9 @@ class IngestConfig(Config):
     graph: GraphConfig = Field(default_factory=GraphConfig)
     matching: MatchingConfig = Field(default_factory=MatchingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    block_rows: int = Field(
+        2000, ge=1, description="Records per block after reading (large Parquet files are cut to this size)."
+    )
     prepare_actors: int = Field(
         2, ge=1, description="Most actors that parse, sign and segment records in parallel (scale to cores)."
     )

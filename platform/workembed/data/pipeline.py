@@ -149,6 +149,8 @@ def clean_stream(config: IngestConfig):
         raise ValueError("ingest: no sources configured (sources: [...])")
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    # Streaming (no shuffle): a large file read as one block would go to a single preparer.
+    ds = ds.repartition(target_num_rows_per_block=config.block_rows)
     ds = ds.map_batches(
         AdPreparer,
         fn_constructor_kwargs={"config": config},
@@ -175,6 +177,9 @@ def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[s
     skill_labels = [
         (label, s.uri) for s in taxonomy.skills.values() for label in (s.preferred_label, *s.alt_labels)
     ]
+    # Small blocks keep the stream moving: a grounding task over thousands of ads would emit nothing for
+    # longer than Ray Data's no-progress timeout on CPU.
+    ds = ds.repartition(target_num_rows_per_block=config.ground.block_ads)
     ds = ds.map_batches(
         Grounder,
         fn_constructor_kwargs={
@@ -185,7 +190,7 @@ def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[s
         },
         batch_format="pyarrow",
         compute=ActorPoolStrategy(size=config.ground.concurrency),
-        batch_size=256,
+        batch_size=config.ground.block_ads,
         num_cpus=config.ground.num_cpus,
         num_gpus=config.ground.num_gpus or None,
     )
