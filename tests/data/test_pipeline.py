@@ -232,3 +232,18 @@ def test_config_file_parses_every_shipped_source():
     }
     gpu = load_config(IngestConfig, "jobs/configs/ingest.yaml", profile="gpu")
     assert gpu.ground.num_gpus == 1 and gpu.ground.encoder.device == "cuda"
+
+
+def test_existing_run_folder_is_refused_unless_overwrite(tmp_path):
+    from pyarrow.fs import LocalFileSystem
+
+    from workembed.data.pipeline import prepare_run_folder
+
+    run = tmp_path / "runs" / "test"
+    prepare_run_folder(LocalFileSystem(), str(run), overwrite=False)  # absent: fine
+    (run / "_stream").mkdir(parents=True)
+    (run / "_stream" / "old.parquet").write_bytes(b"stale")
+    with pytest.raises(ValueError, match="already holds files"):
+        prepare_run_folder(LocalFileSystem(), str(run), overwrite=False)
+    prepare_run_folder(LocalFileSystem(), str(run), overwrite=True)
+    assert run.is_dir() and list(run.iterdir()) == []

@@ -118,6 +118,7 @@ class IngestConfig(Config):
 
     run_id: str | None = Field(None, description="Output folder name; null: a new timestamped id.")
     output: str = Field("runs", description="Root of run outputs (local path or s3://bucket/prefix).")
+    overwrite: bool = Field(False, description="Empty an existing run folder first (else it is an error).")
     sources: list[SourceConfig] = Field(default_factory=list)
     esco: EscoConfig = Field(default_factory=EscoConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -300,6 +300,20 @@ def stage_table(records: int, reasons: dict[str, int]) -> list[dict[str, Any]]:
     return table
 
 
+def prepare_run_folder(fs, out: str, overwrite: bool) -> None:
+    """Refuse a run folder that holds files (its datasets would mix with ours), or empty it on request."""
+    import pyarrow.fs as pafs
+
+    path = strip_scheme(out)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return
+    if not fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        return
+    if not overwrite:
+        raise ValueError(f"run folder {out} already holds files: choose another run_id or set overwrite=true")
+    fs.delete_dir_contents(path)
+
+
 def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the job; returns (and writes to ``<run>/summary.json``) the summary."""
     import ray
@@ -312,6 +326,7 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
     run_id = config.run_id or new_run_id()
     out = join(output_root(config.output), run_id)
     fs = filesystem_for(out, config.storage)
+    prepare_run_folder(fs, out, config.overwrite)
     started = time.monotonic()
     taxonomy = load_esco_config(config.esco)
     log(f"ingest run {run_id}: {len(config.sources)} source(s) → {out}")
