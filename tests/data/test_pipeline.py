@@ -247,3 +247,15 @@ def test_existing_run_folder_is_refused_unless_overwrite(tmp_path):
         prepare_run_folder(LocalFileSystem(), str(run), overwrite=False)
     prepare_run_folder(LocalFileSystem(), str(run), overwrite=True)
     assert run.is_dir() and list(run.iterdir()) == []
+
+
+def test_too_few_cluster_cpus_is_a_clear_error(tmp_path, crafted):
+    from workembed.data.pipeline import check_cluster_cpus, required_cpus
+
+    config = _config(tmp_path, crafted)
+    assert required_cpus(config) == 3.25  # preparer 1 + dedupe 0.25 + grounder 1 + reader 1
+    check_cluster_cpus(config, 4)
+    config.ground.num_cpus = 2
+    config.ground.concurrency = 2
+    with pytest.raises(ValueError, match="has 4 logical CPUs; this ingest needs at least 6.25"):
+        check_cluster_cpus(config, 4)

@@ -300,6 +300,23 @@ def stage_table(records: int, reasons: dict[str, int]) -> list[dict[str, Any]]:
     return table
 
 
+def required_cpus(config: IngestConfig) -> float:
+    """Logical CPUs the stream holds at once: one preparer, the dedupe actor, the grounding actors and one
+    reader. With fewer, the actors take every slot, the readers never start and the stream stalls."""
+    return 1 + INDEX_ACTOR_CPUS + config.ground.concurrency * config.ground.num_cpus + 1
+
+
+def check_cluster_cpus(config: IngestConfig, available: float) -> None:
+    needed = required_cpus(config)
+    if available < needed:
+        raise ValueError(
+            f"the Ray cluster has {available:g} logical CPUs; this ingest needs at least {needed:g} "
+            f"(1 preparer + {INDEX_ACTOR_CPUS:g} dedupe + {config.ground.concurrency} grounding actor(s) × "
+            f"{config.ground.num_cpus:g} + 1 reader): raise ray.num_cpus (a local instance may declare more "
+            "CPUs than cores) or lower ground.num_cpus / ground.concurrency"
+        )
+
+
 def prepare_run_folder(fs, out: str, overwrite: bool) -> None:
     """Refuse a run folder that holds files (its datasets would mix with ours), or empty it on request."""
     import pyarrow.fs as pafs
@@ -323,6 +340,7 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
     if not ray.is_initialized():
         joining = config.ray.address is not None or "RAY_ADDRESS" in os.environ  # e.g. a submitted job
         ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus)
+    check_cluster_cpus(config, ray.cluster_resources().get("CPU", 0))
     run_id = config.run_id or new_run_id()
     out = join(output_root(config.output), run_id)
     fs = filesystem_for(out, config.storage)
