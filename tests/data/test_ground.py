@@ -65,17 +65,20 @@ def builtin():
 
 
 @pytest.fixture(scope="module")
-def grounder(builtin, minilm, tmp_path_factory):
-    config = GroundConfig(
-        lexical=False,
-        skill_top_k=3,
-        skill_threshold=0.55,
-        title_threshold=0.6,
-        cache_dir=str(tmp_path_factory.mktemp("cache")),
-    )
+def spaces(builtin, minilm):
     skills, occupations = skill_space(builtin), occupation_space(builtin)
     skills.vectors, occupations.vectors = minilm.embed(skills.labels), minilm.embed(occupations.labels)
-    return Grounder(config, [], skills, occupations)
+    return skills, occupations
+
+
+def dense_grounder(spaces, **settings) -> Grounder:
+    config = GroundConfig(lexical=False, skill_top_k=3, skill_threshold=0.55, title_threshold=0.6, **settings)
+    return Grounder(config, [], *spaces)
+
+
+@pytest.fixture(scope="module")
+def grounder(spaces):
+    return dense_grounder(spaces)
 
 
 def ad(ad_id: str, title: str, sentences: list[str], language: str = "en") -> dict:
@@ -143,3 +146,11 @@ def test_esco_graph_counts_equal_the_taxonomy(data_dir):
         ("job-alt", 1.0): stats["occupation_alt_labels"],
     }
     assert stats["skill_alt_labels"] == 97_483
+
+
+def test_titles_only_dense_grounding(spaces):
+    titles_only = dense_grounder(spaces, dense_sentences=False)
+    batch = to_table([ad("a", "Senior Software Developer", ["You will administer PostgreSQL databases."])])
+    row = titles_only(batch).to_pylist()[0]
+    assert row["occupation_uri"] == SOFTWARE_DEVELOPER
+    assert row["sentence_skills"] == [[]]  # no lexical matcher here and no sentence embeddings

@@ -82,6 +82,11 @@ class EncoderConfig(Config):
 class GroundConfig(Config):
     lexical: bool = Field(True, description="Match ESCO preferred/alt labels in sentences.")
     dense: bool = Field(True, description="Match sentence/title embeddings against ESCO label embeddings.")
+    dense_sentences: bool = Field(
+        True,
+        description="With dense: embed every sentence too (the costly part on CPU); false: titles only, "
+        "sentences matched lexically.",
+    )
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     skill_threshold: float = Field(0.6, ge=-1, le=1, description="Minimum cosine for a dense skill match.")
     skill_top_k: int = Field(3, ge=1, description="Dense skill matches kept per sentence.")

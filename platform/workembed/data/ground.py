@@ -121,7 +121,8 @@ class Grounder:
         grounded = [row for row in ads if row["grounding"] == GROUNDED]
         sentences = [s for row in grounded for s in row["sentences"] or []]
         lexical = [self._lexical(s) for s in sentences] if self._matcher else [[] for _ in sentences]
-        dense = self._dense_skills(sentences) if self._encoder else [[] for _ in sentences]
+        dense_sentences = self._encoder is not None and self._config.dense_sentences
+        dense = self._dense_skills(sentences) if dense_sentences else [[] for _ in sentences]
         titles = self._dense_titles([row["title"] or "" for row in grounded])
         position = 0
         for row, (occupation, score) in zip(grounded, titles, strict=True):
