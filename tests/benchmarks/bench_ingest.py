@@ -395,6 +395,7 @@ def validate_stream(config: IngestConfig):
 
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    ds = ds.repartition(target_num_rows_per_block=config.block_rows, strict=True)
     return ds.map_batches(
         RecordParser,
         fn_constructor_kwargs={

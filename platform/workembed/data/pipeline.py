@@ -149,8 +149,9 @@ def clean_stream(config: IngestConfig):
         raise ValueError("ingest: no sources configured (sources: [...])")
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
-    # Streaming (no shuffle): a large file read as one block would go to a single preparer.
-    ds = ds.repartition(target_num_rows_per_block=config.block_rows)
+    # Streaming (no shuffle): a large file read as one block would go to a single preparer. Strict, so that
+    # Ray does not fuse reading, cutting and preparing into one task per file.
+    ds = ds.repartition(target_num_rows_per_block=config.block_rows, strict=True)
     ds = ds.map_batches(
         AdPreparer,
         fn_constructor_kwargs={"config": config},
