@@ -31,7 +31,7 @@ from pydantic import Field
 
 from workembed.config import Config, resolve_data_path
 from workembed.eval.dataset import RankingDataset, write_dataset
-from workembed.eval.esco_tasks import concept_id, esco_info, label_key, ranking_dataset, tidy
+from workembed.eval.esco_tasks import concept_id, esco_corpus, esco_info, label_key, ranking_dataset, tidy
 from workembed.taxonomy import EscoConfig, Taxonomy, load_esco_config
 
 NOT_A_LABEL = ("LABEL NOT PRESENT", "UNDERSPECIFIED")
@@ -97,10 +97,6 @@ def _numbered(prefix: str, texts: Iterable[str]) -> dict[str, str]:
         if text not in ids:
             ids[text] = f"{prefix}{len(ids) + 1:05d}"
     return ids
-
-
-def _esco_corpus(concepts: Mapping) -> dict[str, str]:
-    return {concept_id(uri): tidy(c.preferred_label) for uri, c in concepts.items()}
 
 
 def _write(dataset: RankingDataset, out_dir: str | Path) -> dict:
@@ -228,7 +224,7 @@ def skillskape_dataset(
         "labels": dict(sorted(index.counts.items())),
         "unknown_labels": dict(index.unknown.most_common()),
     }
-    return ranking_dataset(name, queries, _esco_corpus(taxonomy.skills), qrels, meta, dropped)
+    return ranking_dataset(name, queries, esco_corpus(taxonomy.skills, "skill"), qrels, meta, dropped)
 
 
 def convert_skillskape(source: str | Path, out_dir: str | Path, taxonomy: Taxonomy) -> dict:
@@ -276,7 +272,9 @@ def jobbert_dataset(source: str | Path, taxonomy: Taxonomy, name: str = "jobbert
         },
         "titles_compared": "whitespace collapsed, case kept",
     }
-    return ranking_dataset(name, queries, _esco_corpus(taxonomy.occupations), qrels, meta, dropped)
+    return ranking_dataset(
+        name, queries, esco_corpus(taxonomy.occupations, "occupation"), qrels, meta, dropped
+    )
 
 
 def convert_jobbert(source: str | Path, out_dir: str | Path, taxonomy: Taxonomy) -> dict:

@@ -98,6 +98,11 @@ def _corpus(concepts: Mapping[str, Skill | Occupation], ids: Mapping[str, str]) 
     return {ids[uri]: tidy(concepts[uri].preferred_label) for uri in sorted(concepts, key=ids.__getitem__)}
 
 
+def esco_corpus(concepts: Mapping[str, Skill | Occupation], kind: str) -> dict[str, str]:
+    """The target space of a concept kind: id → preferred label, in id order."""
+    return _corpus(concepts, _ids(concepts, kind))
+
+
 # ---------------------------------------------------------------------------------------------- split
 
 
