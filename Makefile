@@ -26,6 +26,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 SERVICES_ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup setup-llm demo test bench lint format services-up services-down services-status clean
 
@@ -54,7 +55,7 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	$(BIN)/python -m tests.benchmarks
+	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests
