@@ -1,0 +1,186 @@
+"""The typed config of ``workembed run train`` (``jobs/configs/train.yaml`` documents every field)."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from workembed.config import Config
+from workembed.data.config import RayConfig, StorageConfig
+
+
+class TaskConfig(Config):
+    """One edge task (``edges.task``) in the training mix."""
+
+    weight: float = Field(1.0, gt=0, description="Sampling weight: share of each batch drawn from this task.")
+    temperature: float = Field(0.05, gt=0, description="InfoNCE temperature of this task's rows.")
+    loss_weight: float = Field(1.0, ge=0, description="Weight of this task's rows in the loss.")
+
+
+def default_tasks() -> dict[str, TaskConfig]:
+    return {name: TaskConfig() for name in ("skill-alt", "skill-job", "job-alt")}
+
+
+class TrainDataConfig(Config):
+    """Where the training edges come from and what is kept."""
+
+    edges: list[str] = Field(
+        default_factory=list,
+        description="`edges` Parquet datasets (folders or files, local or s3://; relative paths resolve "
+        "against the data root), e.g. an ingest run's <run>/edges.",
+    )
+    esco: str | None = Field(
+        None,
+        description="ESCO export to build ESCO-only edges from at start (skill-alt, skill-job, job-alt); "
+        "'builtin' for the packaged sample; null: only `edges`.",
+    )
+    split: str | None = Field(
+        None,
+        description="split.json (or its folder) of `workembed eval build-tasks`: every edge touching a "
+        "held-apart concept is dropped, whatever its origin.",
+    )
+    tasks: dict[str, TaskConfig] = Field(
+        default_factory=default_tasks,
+        description="Tasks to train on, by `edges.task` name; others are ignored.",
+    )
+    origins: list[Literal["esco", "vacancy", "synthetic"]] = Field(
+        default_factory=lambda: ["esco", "vacancy", "synthetic"], description="Edge origins kept."
+    )
+    min_weight: float = Field(
+        0.0, description="Edges with a lower weight are not positives (project-profile negatives are -1)."
+    )
+
+    @model_validator(mode="after")
+    def _has_source(self) -> TrainDataConfig:
+        if not self.edges and self.esco is None:
+            raise ValueError("give `edges` datasets, an `esco` export, or both")
+        if not self.tasks:
+            raise ValueError("`tasks` is empty: name at least one edge task to train on")
+        return self
+
+
+class ModelConfig(Config):
+    """The encoder being trained."""
+
+    backbone: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
+    max_length: int = Field(64, ge=8, description="Tokens per text; longer texts are truncated.")
+    normalize: bool = Field(True, description="L2-normalise pooled embeddings (cosine scores).")
+
+
+class OptimConfig(Config):
+    """AdamW with warm-up then linear decay (or constant)."""
+
+    lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up from 0 to `lr` over these steps.")
+    schedule: Literal["linear", "constant"] = Field(
+        "linear", description="After warm-up: linear decay to 0 at the last step, or constant."
+    )
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clipping (0: off).")
+
+
+class DeepSpeedConfig(Config):
+    """The DeepSpeed engine (its JSON config is generated from these fields)."""
+
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2,
+        description="ZeRO stage: 0 off, 1 optimizer states, 2 + "
+        "gradients, 3 + parameters partitioned across workers.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training precision ('bf16' on GPUs that support it)."
+    )
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload of optimizer states to CPU memory.")
+
+
+class ScalingConfig(Config):
+    """Ray Train workers."""
+
+    num_workers: int = Field(2, ge=1, description="Training worker processes (one per GPU with use_gpu).")
+    use_gpu: bool = Field(False, description="One GPU per worker; NCCL instead of gloo.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs each worker reserves.")
+
+
+class CheckpointConfig(Config):
+    """Checkpoints and fault tolerance."""
+
+    storage_path: str = Field(
+        "runs/train",
+        description="Ray Train storage (local folder or s3://bucket/prefix): checkpoints and "
+        "results of every run, under <storage_path>/<run_name>.",
+    )
+    every_steps: int = Field(50, ge=1, description="Save a checkpoint every this many optimizer steps.")
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept (the newest).")
+    max_failures: int = Field(
+        2, ge=-1, description="Worker failures survived by restarting from the last checkpoint (-1: always)."
+    )
+
+
+class TrackingConfig(Config):
+    """MLflow tracking."""
+
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
+        description="MLflow tracking server; default $MLFLOW_TRACKING_URI; null: no tracking.",
+    )
+    experiment: str = Field("workembed-train", description="MLflow experiment of the training runs.")
+
+
+class TrainConfig(Config):
+    """Settings of ``workembed run train``."""
+
+    run_name: str | None = Field(
+        None,
+        description="Run folder under checkpoint.storage_path and MLflow run name; null: timestamped. "
+        "Re-running with the name of an unfinished run resumes it from its last checkpoint.",
+    )
+    seed: int = Field(
+        0, description="Seeds the batch sequence (a pure function of seed and step) and dropout."
+    )
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(
+        64, ge=2, description="Logical contrastive batch (pairs per optimizer step, over all workers)."
+    )
+    chunk_size: int | None = Field(
+        32,
+        ge=1,
+        description="Gradient caching: texts encoded at a time per worker; null: whole batch at once.",
+    )
+    gather_negatives: bool = Field(
+        True,
+        description="Score each worker's rows against the whole batch (in-batch negatives of all workers).",
+    )
+    log_every: int = Field(1, ge=1, description="Report metrics every this many steps.")
+    output: str | None = Field(
+        "runs/models",
+        description="The final model directory goes to <output>/<run_name> (local); null: "
+        "only the last checkpoint.",
+    )
+    data: TrainDataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainConfig:
+        workers = self.scaling.num_workers
+        if self.batch_size % workers:
+            raise ValueError(
+                f"batch_size {self.batch_size} must be a multiple of scaling.num_workers {workers}"
+            )
+        if self.deepspeed.precision != "fp32" and not self.scaling.use_gpu:
+            raise ValueError(f"deepspeed.precision '{self.deepspeed.precision}' needs scaling.use_gpu=true")
+        return self
+
+    @property
+    def local_batch_size(self) -> int:
+        """Pairs each worker encodes per step."""
+        return self.batch_size // self.scaling.num_workers
