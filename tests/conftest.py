@@ -79,3 +79,41 @@ def minilm():
     from workembed.models import Encoder
 
     return Encoder("minilm")
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server on 127.0.0.1 (SQLite store, artifacts served from a local folder);
+    yields its URL. The process-wide MLflow tracking URI is left untouched: clients pass the URL."""
+    from workembed import services
+
+    config = services.ServicesConfig.model_validate(
+        {
+            "state_dir": str(tmp_path_factory.mktemp("mlflow-server")),
+            "ray": {"enabled": False},
+            "s3": {"enabled": False},
+            "mlflow": {"port": free_port(), "artifacts": "local"},
+        }
+    )
+    urls = services.up(config, log=lambda _: None)
+    yield urls["mlflow"]
+    services.down(config, log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A folder with a tiny randomly initialised BERT (hidden size 32, 2 layers) and MiniLM's tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    from workembed.models import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(folder)
+    source = resolve_model_path("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (source / name).exists():
+            (folder / name).write_bytes((source / name).read_bytes())
+    return folder

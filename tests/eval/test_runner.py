@@ -11,7 +11,7 @@ from workembed.cli import main, with_default_subcommand
 from workembed.eval.baselines import bm25_ranking, tfidf_ranking, word_tokens
 from workembed.eval.dataset import write_dataset
 from workembed.eval.metrics import METRICS
-from workembed.eval.runner import evaluate
+from workembed.eval.runner import EvalConfig, evaluate, run_eval
 from workembed.eval.scoring import (
     blocked_top_k,
     dense_top_k,
@@ -22,6 +22,7 @@ from workembed.eval.scoring import (
     target_embeddings,
     top_k_rows,
 )
+from workembed.tracking import flatten_metrics
 
 QUERIES = {"q1": "Python programming", "q2": "baking bread", "q3": "drive a lorry", "q4": "unjudged query"}
 CORPUS = {
@@ -45,6 +46,12 @@ LEXICAL = {
     "ndcg@10": (1 + 1 + (2 / np.log2(4)) / 2) / 3,  # q3: gain 2 at rank 3 over ideal gain 2 at rank 1
     "recall@100": 1.0,
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_tracking(monkeypatch):
+    """A shell's MLFLOW_TRACKING_URI must not make these tests log runs; tests that log pass their server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
 @pytest.fixture
@@ -208,6 +215,12 @@ def test_cli_eval_writes_json_and_markdown(tiny, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(out.read_text())
     assert printed["out"] == str(out) and printed["markdown"] == str(out.with_suffix(".md"))
+    assert printed["plots"] == {
+        "rp@5": str(out.with_name("tiny-rp_at_5.png")),
+        "map": str(out.with_name("tiny-map.png")),
+    }
+    assert "mlflow_run_id" not in printed
+    assert all(open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for path in printed["plots"].values())
     assert set(written) == {"model", "scorer", "k", "datasets", "results"}
     assert (written["model"], written["scorer"], written["k"]) == ("minilm", "cosine", 100)
     for system in ("minilm", "bm25", "tfidf"):
@@ -254,3 +267,97 @@ def test_a_dataset_without_positive_judgements_reports_no_values(tmp_path, minil
     for values in systems.values():
         assert (values["n_queries"], values["queries_without_positives"]) == (0, 1)
         assert all(np.isnan(values[metric]) for metric in METRICS)
+
+
+# ------------------------------------------------------------------------------------------ MLflow
+
+
+def test_tracking_uri_defaults_to_the_environment(monkeypatch):
+    assert EvalConfig(datasets=["d"]).tracking_uri is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    config = EvalConfig(datasets=["d"])
+    assert (config.tracking_uri, config.experiment) == ("http://127.0.0.1:5999", "workembed-eval")
+    assert EvalConfig(datasets=["d"], tracking_uri=None).tracking_uri is None
+    with pytest.raises(ValueError, match="experiment"):
+        EvalConfig(datasets=["d"], experiment="")
+
+
+def test_run_eval_logs_config_metrics_and_report_files_to_mlflow(tiny, tiny_bert, mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    out = tmp_path / "reports" / "tiny.json"
+    config = EvalConfig(
+        model=str(tiny_bert),
+        datasets=[str(tiny)],
+        baselines=True,
+        k=5,
+        cache_dir=None,
+        out=str(out),
+        tracking_uri=mlflow_server,
+        experiment="eval-test",
+    )
+    result = run_eval(config)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == tiny_bert.name
+    assert client.get_experiment(run.info.experiment_id).name == "eval-test"
+
+    metrics = run.data.metrics
+    assert metrics == flatten_metrics(result["results"])
+    systems = result["results"]["tiny"]
+    assert metrics["tiny/bm25/map"] == systems["bm25"]["map"] == round(LEXICAL["map"], 4)
+    assert metrics["tiny/tfidf/rp_at_5"] == systems["tfidf"]["rp@5"] == 1.0
+    model_key = str(tiny_bert).replace("/", "_")
+    assert metrics[f"tiny/{model_key}/n_queries"] == 3.0
+    assert metrics[f"tiny/{model_key}/ndcg_at_10"] == systems[str(tiny_bert)]["ndcg@10"]
+    assert len(metrics) == 3 * (len(METRICS) + 3)  # 3 systems x (metrics, n_queries, without positives, s)
+
+    params = run.data.params
+    assert set(params) == set(EvalConfig.model_fields) - {"tracking_uri"}
+    assert (params["model"], params["datasets"], params["k"]) == (
+        str(tiny_bert),
+        json.dumps([str(tiny)]),
+        "5",
+    )
+    assert (params["baselines"], params["cache_dir"], params["scorer"]) == ("true", "null", "cosine")
+    assert (params["out"], params["experiment"]) == (str(out), "eval-test")
+
+    artifacts = sorted(item.path for item in client.list_artifacts(run.info.run_id))
+    assert artifacts == ["tiny-map.png", "tiny-rp_at_5.png", "tiny.json", "tiny.md"]
+    fetched = client.download_artifacts(run.info.run_id, "tiny.json", str(tmp_path / "fetched"))
+    assert open(fetched).read() == out.read_text()
+
+
+def test_cli_eval_logs_to_the_environment_tracking_uri_and_keeps_stdout_json(
+    tiny, tiny_bert, mlflow_server, monkeypatch, capsys
+):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    argv = [
+        "eval",
+        "--model",
+        str(tiny_bert),
+        "--dataset",
+        str(tiny),
+        "--set",
+        "k=5",
+        "--set",
+        "cache_dir=null",
+    ]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)  # MLflow's run URL goes to stderr, not into the JSON
+    assert f"{mlflow_server}/#/experiments/" in captured.err
+    assert "out" not in result and "plots" not in result
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result["mlflow_run_id"])
+    assert client.get_experiment(run.info.experiment_id).name == "workembed-eval"
+    assert run.data.metrics == flatten_metrics(result["results"])
+    # without --out the report files are written to a temporary folder and logged from there
+    assert sorted(item.path for item in client.list_artifacts(run.info.run_id)) == [
+        "eval-map.png",
+        "eval-rp_at_5.png",
+        "eval.json",
+        "eval.md",
+    ]

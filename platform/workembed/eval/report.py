@@ -1,14 +1,16 @@
-"""Evaluation reports: metrics rounded for reading, written as JSON and as a Markdown table beside it."""
+"""Evaluation reports: metrics rounded for reading, written as JSON, a Markdown table and bar charts."""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from workembed.eval.metrics import METRICS
+from workembed.eval.plots import PLOT_METRICS, metric_bars
+from workembed.tracking import safe_name
 
 DIGITS = 4
 
@@ -44,16 +46,29 @@ def markdown_table(report: Mapping[str, Any], digits: int = DIGITS) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: Mapping[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write ``out`` (rounded JSON) and ``out`` with suffix ``.md`` (Markdown table); return both paths."""
+def write_report(
+    report: Mapping[str, Any], out: str | Path, plots: Sequence[str] = PLOT_METRICS
+) -> dict[str, Path]:
+    """Write ``out`` (rounded JSON), ``out`` with suffix ``.md`` (Markdown table) and, per metric of
+    ``plots``, a bar chart ``<stem>-<metric>.png`` beside them (``rp@5`` → ``rp_at_5``).
+
+    Returns the paths written: ``{'json': ..., 'markdown': ..., <metric>: <png>, ...}``.
+    """
     json_path = Path(out).expanduser()
     md_path = json_path.with_suffix(".md")
     if md_path == json_path:
         raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
+    unknown = [metric for metric in plots if metric not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown plot metric(s) {', '.join(unknown)}: choose from {', '.join(METRICS)}")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
     md_path.write_text(markdown_table(report), encoding="utf-8")
-    return json_path, md_path
+    written: dict[str, Path] = {"json": json_path, "markdown": md_path}
+    for metric in plots:
+        png = json_path.with_name(f"{json_path.stem}-{safe_name(metric)}.png")
+        written[metric] = metric_bars(report, metric, png)
+    return written
 
 
 def _cell(value: Any, digits: int) -> str:

@@ -5,11 +5,15 @@ For each dataset and each system (the model's name, ``bm25``, ``tfidf``) the rep
 :data:`workembed.eval.metrics.METRICS` over the top ``k`` ranking (with ``k`` < 100, Recall@100 counts the
 top ``k`` only); ``datasets`` gives each dataset's size (``queries``, ``targets``) and its ``language`` and
 ``direction`` from ``meta.json``. :func:`evaluate` returns unrounded values; :func:`run_eval` rounds them
-(4 decimals) and writes the JSON and Markdown report.
+(4 decimals), writes the JSON and Markdown report and the bar charts, and with a tracking URI logs the run
+to MLflow: the resolved config as parameters, every number of ``results`` as ``dataset/system/metric``
+(e.g. ``tiny/bm25/rp_at_5``) and the report files as artifacts.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,11 +28,13 @@ from workembed.eval.dataset import RankingDataset, read_dataset
 from workembed.eval.metrics import mean_metrics
 from workembed.eval.report import rounded, write_report
 from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking
+from workembed.tracking import flatten_metrics, log_to_mlflow
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
 
 DEFAULT_CACHE_DIR = "~/.cache/workembed/targets"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 class EvalConfig(Config):
@@ -57,8 +63,16 @@ class EvalConfig(Config):
         description="Where target embeddings are cached per (model, target space); null disables the cache.",
     )
     out: str | None = Field(
-        None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
+        None,
+        description="Write the JSON report here, a Markdown table (same stem, .md) and bar charts "
+        "(<stem>-<metric>.png) beside it.",
     )
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get(TRACKING_URI_ENV) or None,
+        description="MLflow tracking URI to log the run to (config, metrics, report files); defaults to "
+        "$MLFLOW_TRACKING_URI; null: no logging.",
+    )
+    experiment: str = Field("workembed-eval", min_length=1, description="MLflow experiment of the run.")
 
     @field_validator("out")
     @classmethod
@@ -139,8 +153,10 @@ def evaluate(
 
 
 def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
-    """Evaluate as ``config`` says, write the report files when ``config.out`` is set; return the rounded
-    report (with ``out`` and ``markdown`` naming the files written)."""
+    """Evaluate as ``config`` says, write the report files when ``config.out`` is set and log the run to
+    MLflow when ``config.tracking_uri`` is set (the files then go to a temporary folder when ``out`` is
+    unset); return the rounded report (with ``out``, ``markdown`` and ``plots`` naming the files written,
+    and ``mlflow_run_id``)."""
     report = evaluate(
         [resolve_data_path(location) for location in config.datasets],
         model=config.model,
@@ -156,11 +172,38 @@ def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
         log=log,
     )
     result = rounded(report)
+    files: dict[str, Path] = {}
     if config.out is not None:
-        json_path, md_path = write_report(report, config.out)
-        result.update(out=str(json_path), markdown=str(md_path))
-        _say(log, f"wrote {json_path} and {md_path}")
+        files = write_report(report, config.out)
+        plots = {metric: str(path) for metric, path in files.items() if metric not in ("json", "markdown")}
+        result.update(out=str(files["json"]), markdown=str(files["markdown"]), plots=plots)
+        _say(log, f"wrote {files['json']}, {files['markdown']} and {len(plots)} plot(s)")
+    if config.tracking_uri is not None:
+        result["mlflow_run_id"] = _log_run(config.tracking_uri, config, report, result, files)
+        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
+
+
+def _log_run(
+    tracking_uri: str,
+    config: EvalConfig,
+    report: dict[str, Any],
+    result: dict[str, Any],
+    files: dict[str, Path],
+) -> str:
+    """Log to ``tracking_uri``: the resolved config without the tracking URI (it may hold credentials)
+    as parameters, the rounded ``results`` as metrics and the report files (written to a temporary folder
+    when ``out`` is unset) as artifacts; the run is named after the model."""
+    with tempfile.TemporaryDirectory(prefix="workembed-eval-") as scratch:
+        artifacts = files or write_report(report, Path(scratch) / "eval.json")
+        return log_to_mlflow(
+            tracking_uri,
+            config.experiment,
+            run_name=Path(report["model"]).name or report["model"],
+            params=config.model_dump(mode="json", exclude={"tracking_uri"}),
+            metrics=flatten_metrics(result["results"]),
+            artifacts=list(artifacts.values()),
+        )
 
 
 def _summary(dataset: RankingDataset, ranking: Ranking | None, seconds: float) -> dict[str, Any]:
