@@ -1,0 +1,275 @@
+"""Project → profile matching evaluation: rank every profile for every project, report the Malt metrics.
+
+Each system ranks all profiles for each project (project text → profile text) and keeps the top
+``max(ks)``; :func:`~workembed.eval.matching_metrics.matching_metrics` scores the rankings against the
+labelled pairs. Systems: the encoder (named by the model; cosine of pooled, L2-normalised embeddings, queries
+scored in blocks against all profiles, see :func:`~workembed.eval.scoring.encoder_ranking`) and, with
+``baselines``, ``bm25``, ``tfidf`` (:mod:`workembed.eval.baselines`) and ``random``
+(:func:`~workembed.eval.matching_metrics.random_rankings`).
+
+The report holds ``model``, ``ks``, ``dataset`` (``projects``, ``profiles``, ``positives``, ``negatives``,
+``projects_with_positive``) and ``results``: per system the metrics of ``matching_metrics`` and the
+ranking time in ``seconds``. :func:`evaluate_matching` returns unrounded values; :func:`run_matching_eval`
+reads the matching data (labels derived by :func:`~workembed.eval.matching_metrics.matching_dataset`),
+rounds the values (4 decimals) and writes the JSON and Markdown report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from workembed.config import Config, resolve_data_path
+from workembed.data.matching import PROFILES_FILE, PROJECTS_FILE, MatchingConfig
+from workembed.eval.baselines import BASELINES
+from workembed.eval.matching_metrics import (
+    DEFAULT_KS,
+    Interaction,
+    Item,
+    matching_dataset,
+    matching_metrics,
+    random_rankings,
+)
+from workembed.eval.report import DIGITS, rounded
+from workembed.eval.runner import DEFAULT_CACHE_DIR
+from workembed.eval.scoring import Log, encoder_ranking
+
+if TYPE_CHECKING:
+    from workembed.models import Encoder
+
+RANDOM = "random"
+Rankings = dict[str, list[str]]
+
+
+class MatchingEvalConfig(Config):
+    """Settings of ``workembed eval matching``."""
+
+    model: str | None = Field(
+        "minilm",
+        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory, or null (baselines only).",
+    )
+    data: str = Field(
+        "matching",
+        description="The matching folder (upwork_projects.csv, resumes.csv) or a data root holding it as "
+        "`matching.directory`; relative paths resolve against the data root.",
+    )
+    matching: MatchingConfig = Field(
+        default_factory=MatchingConfig,
+        description="The rules that derive the labelled pairs (the graph stage's `matching` section).",
+    )
+    ks: list[PositiveInt] = Field(
+        [10, 100], min_length=1, description="Cut-offs K of every metric; systems rank the top max(ks)."
+    )
+    baselines: bool = Field(False, description="Also rank with BM25, character n-gram TF-IDF and at random.")
+    seed: int = Field(0, description="Seed of the random baseline.")
+    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
+    block_size: int = Field(1024, ge=1, description="Projects scored against all profiles at a time.")
+    device: str = Field("cpu", description="Torch device of the encoder ('cpu', 'cuda', 'cuda:1').")
+    cache_dir: str | None = Field(
+        DEFAULT_CACHE_DIR,
+        description="Where profile embeddings are cached per (model, profile set); null disables the cache.",
+    )
+    out: str | None = Field(
+        None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
+    )
+
+    @field_validator("ks")
+    @classmethod
+    def _distinct_ks(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"cut-offs must be distinct, got {value}")
+        return value
+
+    @field_validator("out")
+    @classmethod
+    def _out_not_markdown(cls, value: str | None) -> str | None:
+        if value is not None and Path(value).suffix == ".md":
+            raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_rank(self) -> MatchingEvalConfig:
+        if self.model is None and not self.baselines:
+            raise ValueError("nothing to evaluate: give a model or set baselines")
+        return self
+
+
+def evaluate_matching(
+    projects: Sequence[Item],
+    profiles: Sequence[Item],
+    interactions: Sequence[Interaction],
+    encoder: Encoder | None = None,
+    baselines: bool = False,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    seed: int = 0,
+    block_size: int = 1024,
+    cache_dir: str | Path | None = None,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Rank ``profiles`` for each of ``projects`` with ``encoder`` and, with ``baselines``, BM25, TF-IDF and
+    at random; the matching metrics of each system at each ``K`` of ``ks``."""
+    queries, corpus = _texts(projects, "project"), _texts(profiles, "profile")
+    _check_interactions(interactions, queries, corpus)
+    if not ks or min(ks) < 1:
+        raise ValueError(f"ks must hold cut-offs of at least 1, got {list(ks)}")
+    if encoder is None and not baselines:
+        raise ValueError("nothing to evaluate: give an encoder or set baselines")
+    k = max(ks)
+    rankers: dict[str, Callable[[], Rankings]] = {}
+    if encoder is not None:
+        rankers[encoder.name] = lambda: encoder_ranking(
+            encoder, queries, corpus, k=k, cache_dir=cache_dir, block_size=block_size, log=log
+        ).as_dict()
+    if baselines:
+        for name, rank in BASELINES.items():
+            rankers[name] = lambda rank=rank: rank(queries, corpus, k=k, block_size=block_size).as_dict()
+        rankers[RANDOM] = lambda: random_rankings(list(queries), list(corpus), k=k, seed=seed)
+    labels = [edge.label for edge in interactions]
+    report: dict[str, Any] = {
+        "model": encoder.name if encoder is not None else None,
+        "ks": list(ks),
+        "dataset": {
+            "projects": len(queries),
+            "profiles": len(corpus),
+            "positives": labels.count(1),
+            "negatives": labels.count(-1),
+            "projects_with_positive": len({edge.project_id for edge in interactions if edge.label == 1}),
+        },
+        "results": {},
+    }
+    _say(log, f"{len(queries)} projects x {len(corpus)} profiles, top {k}")
+    for name, ranker in rankers.items():
+        _say(log, f"ranking with {name}")
+        started = time.perf_counter()
+        rankings = ranker()
+        seconds = time.perf_counter() - started
+        values = matching_metrics(projects, profiles, interactions, rankings, ks=ks)
+        report["results"][name] = {**values, "seconds": seconds}
+    return report
+
+
+def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dict[str, Any]:
+    """Evaluate as ``config`` says, write the report files when ``config.out`` is set; return the rounded
+    report (with ``data`` naming the matching folder, and ``out`` and ``markdown`` the files written)."""
+    folder = matching_folder(config.data, config.matching.directory)
+    _say(log, f"deriving the labelled pairs from {folder}")
+    projects, profiles, interactions = matching_dataset(
+        folder, config.matching.model_copy(update={"directory": "."})
+    )
+    encoder = None
+    if config.model is not None:
+        from workembed.models import Encoder
+
+        encoder = Encoder(
+            config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
+        )
+    report = evaluate_matching(
+        projects,
+        profiles,
+        interactions,
+        encoder,
+        config.baselines,
+        config.ks,
+        seed=config.seed,
+        block_size=config.block_size,
+        cache_dir=config.cache_dir,
+        log=log,
+    )
+    report = {"data": str(folder), **report}
+    result = rounded(report)
+    if config.out is not None:
+        json_path, md_path = write_matching_report(report, config.out)
+        result.update(out=str(json_path), markdown=str(md_path))
+        _say(log, f"wrote {json_path} and {md_path}")
+    return result
+
+
+def matching_folder(location: str | Path, directory: str = MatchingConfig().directory) -> Path:
+    """The folder holding the projects and profiles files: ``location`` itself or ``location/directory``
+    (``location`` resolved against the data root)."""
+    path = Path(resolve_data_path(location))
+    for folder in (path, path / directory):
+        if (folder / PROJECTS_FILE).is_file() and (folder / PROFILES_FILE).is_file():
+            return folder
+    raise FileNotFoundError(f"no {PROJECTS_FILE} and {PROFILES_FILE} in {path} nor in {path / directory}")
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def matching_markdown(report: dict[str, Any], digits: int = DIGITS) -> str:
+    """One row per system, one column per metric and cut-off."""
+    sizes, results = report["dataset"], report["results"]
+    columns = [name for name in next(iter(results.values()), {}) if "@" in name]
+    lines = [
+        f"Project → profile matching: {sizes['projects']} projects ({sizes['projects_with_positive']} with a "
+        f"positive), {sizes['profiles']} profiles, {sizes['positives']} positive and {sizes['negatives']} "
+        "negative pairs; " + (f"model `{report['model']}`." if report["model"] else "baselines only."),
+        "",
+        "| " + " | ".join(["system", *columns]) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * len(columns)) + " |",
+    ]
+    for system, values in results.items():
+        lines.append(
+            "| " + " | ".join([system, *(_cell(values.get(name), digits) for name in columns)]) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_matching_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``out`` (rounded JSON) and ``out`` with suffix ``.md`` (Markdown table); return both paths."""
+    json_path = Path(out).expanduser()
+    md_path = json_path.with_suffix(".md")
+    if md_path == json_path:
+        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(matching_markdown(report), encoding="utf-8")
+    return json_path, md_path
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _texts(items: Sequence[Item], kind: str) -> dict[str, str]:
+    """``{id: text}``; an empty set or a repeated id is an error."""
+    if not items:
+        raise ValueError(f"no {kind}s to evaluate: the {kind} set is empty")
+    texts = {item.id: item.text for item in items}
+    if len(texts) != len(items):
+        repeated = sorted(key for key, n in Counter(item.id for item in items).items() if n > 1)
+        raise ValueError(f"{kind} ids must be unique; repeated: {', '.join(repeated[:5])}")
+    return texts
+
+
+def _check_interactions(
+    interactions: Sequence[Interaction], projects: dict[str, str], profiles: dict[str, str]
+) -> None:
+    for edge in interactions:
+        if edge.label not in (1, -1):
+            raise ValueError(f"interaction ({edge.project_id}, {edge.profile_id}): label must be +1 or -1")
+        if edge.project_id not in projects or edge.profile_id not in profiles:
+            raise ValueError(
+                f"interaction ({edge.project_id}, {edge.profile_id}) names a project or profile that is not "
+                "in the evaluated sets"
+            )
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _say(log: Log | None, message: str) -> None:
+    if log is not None:
+        log(message)
