@@ -32,6 +32,12 @@ STAGES: dict[str, Stage] = {
             "workembed.data.pipeline:run_stage",
             "job ads → job_ads, sentences, edges, rejects, skill edge counts (Ray Data)",
         ),
+        Stage(
+            "train",
+            "workembed.train.config:TrainConfig",
+            "workembed.train.trainer:run_train",
+            "edges → a trained encoder (Ray Train + DeepSpeed, checkpoints, MLflow)",
+        ),
     )
 }
 

@@ -70,7 +70,7 @@ def log_to_mlflow(
     from mlflow.entities import Metric, Param, RunStatus
 
     metric_values = _metric_values(metrics)
-    param_values = _param_values(params)
+    params_flat = param_values(params)
     files = [Path(path) for path in artifacts]
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
@@ -78,7 +78,7 @@ def log_to_mlflow(
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(
-        _experiment_id(client, experiment, tracking_uri),
+        experiment_id(client, experiment, tracking_uri),
         run_name=run_name,
         tags={str(key): str(value) for key, value in (tags or {}).items()},
     )
@@ -88,18 +88,18 @@ def log_to_mlflow(
         client.log_batch(
             run_id,
             metrics=[Metric(key, value, now_ms, 0) for key, value in metric_values.items()],
-            params=[Param(key, value) for key, value in param_values.items()],
+            params=[Param(key, value) for key, value in params_flat.items()],
         )
         for path in files:
             client.log_artifact(run_id, str(path))
     except BaseException:
-        _terminate(client, run_id, RunStatus.to_string(RunStatus.FAILED))
+        terminate(client, run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
-    _terminate(client, run_id, RunStatus.to_string(RunStatus.FINISHED))
+    terminate(client, run_id, RunStatus.to_string(RunStatus.FINISHED))
     return run_id
 
 
-def _terminate(client: Any, run_id: str, status: str) -> None:
+def terminate(client: Any, run_id: str, status: str) -> None:
     """End the run. MLflow prints the run's URL on stdout, which carries command output (JSON): stderr."""
     with contextlib.redirect_stdout(sys.stderr):
         client.set_terminated(run_id, status)
@@ -120,18 +120,18 @@ def _metric_values(metrics: Mapping[str, float | None]) -> dict[str, float]:
     return values
 
 
-def _param_values(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def param_values(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     values: dict[str, str] = {}
     for name, value in params.items():
         key = f"{prefix}.{safe_name(name)}" if prefix else safe_name(name)
         if isinstance(value, Mapping):
-            values.update(_param_values(value, key))
+            values.update(param_values(value, key))
         else:
             values[key] = value if isinstance(value, str) else json.dumps(value, default=str)
     return values
 
 
-def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``, created when it does not exist (also when another process races)."""
     from mlflow.exceptions import MlflowException
 

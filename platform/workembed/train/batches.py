@@ -12,6 +12,7 @@ true when left ``i`` and right ``j`` are connected by any kept edge of any task,
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -119,6 +120,19 @@ class EdgeGraph:
 
     def __len__(self) -> int:
         return len(self.left_text)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the kept edges (task, ids and texts, in graph order): the training data's identity."""
+        digest = hashlib.sha256()
+        for row in range(len(self)):
+            fields = (
+                self.tasks[self.task_of[row]],
+                self.left_text[row],
+                self.right_id[row],
+                self.right_text[row],
+            )
+            digest.update("\x1f".join(fields).encode() + b"\x1e")
+        return digest.hexdigest()
 
     @classmethod
     def from_batches(cls, batches: Iterable[pa.Table], tasks: Mapping[str, float], **kwargs) -> EdgeGraph:

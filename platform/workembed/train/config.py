@@ -176,6 +176,14 @@ class TrainConfig(Config):
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of scaling.num_workers {workers}"
             )
+        if self.chunk_size is not None and self.deepspeed.zero_stage == 0:
+            raise ValueError("gradient caching (chunk_size) needs deepspeed.zero_stage 1, 2 or 3")
+        if (
+            self.chunk_size is not None
+            and self.deepspeed.precision != "fp32"
+            and self.deepspeed.zero_stage == 1
+        ):
+            raise ValueError("gradient caching in bf16/fp16 needs deepspeed.zero_stage 2 or 3")
         if self.deepspeed.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError(f"deepspeed.precision '{self.deepspeed.precision}' needs scaling.use_gpu=true")
         return self

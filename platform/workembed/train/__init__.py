@@ -1,0 +1,1 @@
+"""Training of the bi-encoder: gradient caching for large contrastive batches."""

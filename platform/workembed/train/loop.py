@@ -1,0 +1,237 @@
+"""The per-worker training loop run by Ray Train: graph → batches → DeepSpeed steps → checkpoints.
+
+Every worker builds the same graph from the (unsplit) ``edges`` dataset, draws the same global batch for a
+step and encodes its own contiguous slice. With ``gather_negatives`` each worker scores its rows against
+the whole batch (embeddings all-gathered with their gradients), so the loss is that of one global batch.
+Dropout is seeded by ``(seed, step, rank)``: a run resumed from a checkpoint continues exactly as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from workembed.train.batches import Batch, EdgeGraph
+from workembed.train.config import TrainConfig
+
+CHECKPOINT_TAG = "engine"
+STATE_FILE = "trainer_state.json"
+MODEL_DIR = "model"
+
+
+def train_worker(payload: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` of the :class:`~ray.train.torch.TorchTrainer` (see the module docstring)."""
+    import deepspeed
+    import ray.train
+
+    from workembed.losses import BipartiteInfoNCELoss
+    from workembed.models.work_encoder import WorkEncoder
+    from workembed.train.deepspeed_config import deepspeed_config
+
+    config = TrainConfig.model_validate(payload["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    graph = load_graph(config, payload["held_out"])
+    torch.manual_seed(config.seed)  # identical initial weights of any newly built layer on every worker
+    model = WorkEncoder(
+        config.model.backbone, max_length=config.model.max_length, normalize=config.model.normalize
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=model.parameters(), config=deepspeed_config(config)
+    )
+    engine.train()
+    start = restore(engine)
+    tasks = config.data.tasks
+    loss = BipartiteInfoNCELoss(
+        temperature=[tasks[name].temperature for name in graph.tasks],
+        weights=[tasks[name].loss_weight for name in graph.tasks],
+        task_names=graph.tasks,
+        symmetric=False,
+    )
+    tracker = StepLog(payload.get("tracking_uri"), payload.get("mlflow_run_id")) if rank == 0 else None
+    if tracker is not None and start == 0:
+        tracker.tags(
+            {"data.fingerprint": graph.fingerprint(), "data.graph": json.dumps(graph.summary.as_dict())}
+        )
+    for step in range(start, config.steps):
+        started = time.perf_counter()
+        torch.manual_seed(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0].item())
+        batch = graph.batch(config.seed, step, config.batch_size)
+        total, parts = train_step(engine, model, loss, batch, rank, world, config)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "step": step + 1,
+            "loss": total,
+            **{f"loss/{name}": value for name, value in parts.items()},
+            "lr": engine.get_lr()[0],
+            "pairs_per_s": config.batch_size / seconds,
+            "batch_rows": batch.rows[:8].tolist(),
+        }
+        done = step + 1 == config.steps
+        if tracker is not None and ((step + 1) % config.log_every == 0 or done):
+            tracker.metrics(metrics, step + 1)
+        if (step + 1) % config.checkpoint.every_steps == 0 or done:
+            save_checkpoint(engine, model, metrics, config, rank, export=done)
+        elif (step + 1) % config.log_every == 0:
+            ray.train.report(metrics)
+
+
+def load_graph(config: TrainConfig, held_out: list[str]) -> EdgeGraph:
+    """The graph of this worker's (complete, unsplit) ``edges`` dataset shard."""
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("edges")
+    return EdgeGraph.from_batches(
+        shard.iter_batches(batch_format="pyarrow", batch_size=65536),
+        {name: task.weight for name, task in config.data.tasks.items()},
+        held_out=frozenset(held_out),
+        origins=config.data.origins,
+        min_weight=config.data.min_weight,
+    )
+
+
+def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config: TrainConfig):
+    """One optimizer step on this worker's slice of ``batch``; returns the loss and its per-task parts."""
+    part = batch.shard(rank, world)
+    left = model.tokenize(batch.left[part])
+    right = model.tokenize(batch.right[part])
+    objective = BatchObjective(loss, batch, part, gather=config.gather_negatives and world > 1)
+    if config.chunk_size is None:
+        value = objective(engine(**left), engine(**right))
+        engine.backward(value)
+    else:
+        from workembed.train.grad_cache import GradCache
+
+        cache = GradCache(
+            lambda chunk: engine(**chunk), objective, config.chunk_size, backward=engine.backward
+        )
+        with engine.coalesce_grad_reduction():  # one gradient reduction for all chunks' backward calls
+            value = cache(left, right).loss
+    engine.step()
+    return float(value.detach()), objective.parts
+
+
+class BatchObjective:
+    """The symmetric many-to-many InfoNCE of a worker's rows: left→right and right→left, each against the
+    worker's own items or (``gather``) the whole batch's."""
+
+    def __init__(self, loss, batch: Batch, part: slice, gather: bool):
+        self.loss, self.part, self.gather = loss, part, gather
+        self.tasks = torch.as_tensor(batch.tasks)
+        self.positives = torch.as_tensor(batch.positives)
+        self.parts: dict[str, float] = {}
+
+    def __call__(self, left: Tensor, right: Tensor) -> Tensor:
+        part, tasks, positives = self.part, self.tasks, self.positives
+        if self.gather:
+            import torch.distributed.nn.functional as dist_fn
+
+            all_left, all_right = torch.cat(dist_fn.all_gather(left)), torch.cat(dist_fn.all_gather(right))
+            candidates_tasks, left_right, right_left = tasks, positives[part], positives[:, part].T
+        else:
+            all_left, all_right = left, right
+            candidates_tasks, left_right = tasks[part], positives[part, part]
+            right_left = left_right.T
+        local_tasks = tasks[part]
+        forward = self.loss.from_scores(_cosine(left, all_right), left_right, local_tasks, candidates_tasks)
+        backward = self.loss.from_scores(_cosine(right, all_left), right_left, local_tasks, candidates_tasks)
+        names = set(forward.parts) | set(backward.parts)
+        self.parts = {
+            name: float(np.mean([out.parts[name].item() for out in (forward, backward) if name in out.parts]))
+            for name in sorted(names)
+        }
+        return (forward.loss + backward.loss) / 2
+
+
+def _cosine(a: Tensor, b: Tensor) -> Tensor:
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def restore(engine) -> int:
+    """Load the latest checkpoint of this run, if any; return the step to start from."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        _, client_state = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
+    return int(client_state["step"])
+
+
+def save_checkpoint(engine, model, metrics: dict, config: TrainConfig, rank: int, export: bool) -> None:
+    """Every rank saves its DeepSpeed state into one checkpoint (Ray merges the ranks' files); with
+    ``export``, rank 0 also writes the model folder (``model/``)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    step = int(metrics["step"])
+    with tempfile.TemporaryDirectory(prefix="workembed-ckpt-") as directory:
+        engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
+        if export:
+            export_model(engine, model, Path(directory) / MODEL_DIR, config, rank)
+        if rank == 0:
+            state = {"step": step, "seed": config.seed, "steps": config.steps}
+            (Path(directory) / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        ray.train.report(
+            metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=f"step-{step:07d}"
+        )
+
+
+def export_model(engine, model, directory: Path, config: TrainConfig, rank: int) -> None:
+    """The self-describing model folder (gathering ZeRO-3 partitions first)."""
+    import deepspeed
+
+    info = {"training": config.model_dump(mode="json")}
+    if config.deepspeed.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            if rank == 0:
+                model.save(directory, info)
+    elif rank == 0:
+        model.save(directory, info)
+
+
+# ------------------------------------------------------------------------------------------ tracking
+
+
+class StepLog:
+    """MLflow metrics of rank 0, into the run the driver opened (no-op without a tracking URI)."""
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None):
+        self.client = None
+        if tracking_uri and run_id:
+            from mlflow import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri=tracking_uri), run_id
+
+    def metrics(self, metrics: dict[str, Any], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        from workembed.tracking import metric_key
+
+        now = int(time.time() * 1000)
+        rows = [
+            Metric(metric_key(name), float(value), now, step)
+            for name, value in metrics.items()
+            if isinstance(value, int | float) and name != "step"
+        ]
+        self.client.log_batch(self.run_id, metrics=rows)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        if self.client is not None:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)

@@ -1,0 +1,201 @@
+"""``workembed run train``: the Ray Train ``TorchTrainer`` over DeepSpeed workers, with MLflow tracking.
+
+The driver reads the edges as a Ray Data dataset (Parquet edges of ingest runs and/or ESCO-only edges),
+opens the MLflow run, runs the workers (:mod:`workembed.train.loop`) with checkpoints in
+``checkpoint.storage_path`` (local or ``s3://``) and restarts them from the last checkpoint when one
+fails, then copies the final model folder to ``output`` and logs it to MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from workembed.config import resolve_data_path
+from workembed.train.config import TrainConfig
+from workembed.train.loop import MODEL_DIR, train_worker
+
+Log = Callable[[str], None]
+
+
+def run_train(config: TrainConfig, log: Log = print) -> dict[str, Any]:
+    """Train as ``config`` says; returns a summary (run name, steps, final metrics, model folder)."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(config)
+    run_name = config.run_name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
+    held_out = held_out_concepts(config)
+    edges = edges_dataset(config)
+    mlflow_run_id = open_mlflow_run(config, run_name)
+    storage_path, storage_filesystem = checkpoint_storage(config)
+    log(
+        f"training run {run_name}: {config.steps} steps of {config.batch_size} pairs on "
+        f"{config.scaling.num_workers} worker(s), checkpoints in {storage_path}/{run_name}"
+    )
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "held_out": sorted(held_out),
+            "tracking_uri": config.tracking.tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        torch_config=TorchConfig(backend="nccl" if config.scaling.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
+            failure_config=ray.train.FailureConfig(max_failures=config.checkpoint.max_failures),
+        ),
+        datasets={"edges": edges},
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees the whole graph
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        close_mlflow_run(config, mlflow_run_id, "FAILED")
+        raise
+    model_dir = export(result.checkpoint, config, run_name)
+    if mlflow_run_id is not None and model_dir is not None:
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=config.tracking.tracking_uri).log_artifacts(
+            mlflow_run_id, str(model_dir), "model"
+        )
+    close_mlflow_run(config, mlflow_run_id, "FINISHED")
+    summary = {
+        "run_name": run_name,
+        "steps": config.steps,
+        "metrics": {key: value for key, value in (result.metrics or {}).items() if key != "batch_rows"},
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "model": str(model_dir) if model_dir else None,
+        "mlflow_run_id": mlflow_run_id,
+    }
+    log(f"training run {run_name} finished: loss {summary['metrics'].get('loss')}, model {summary['model']}")
+    return summary
+
+
+def init_ray(config: TrainConfig) -> None:
+    import ray
+
+    if not ray.is_initialized():
+        joining = config.ray.address is not None or "RAY_ADDRESS" in os.environ
+        ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus)
+    needed = config.scaling.num_workers * config.scaling.cpus_per_worker
+    available = ray.cluster_resources().get("CPU", 0)
+    if available < needed + 1:
+        raise RuntimeError(
+            f"the Ray cluster has {available:g} logical CPUs; training needs {needed:g} for its workers plus "
+            "1 for the data and the controller: raise ray.num_cpus or lower scaling.num_workers / "
+            "cpus_per_worker"
+        )
+
+
+def held_out_concepts(config: TrainConfig) -> frozenset[str]:
+    """Skill and occupation URIs held apart for evaluation (none without ``data.split``)."""
+    if config.data.split is None:
+        return frozenset()
+    from workembed.eval.esco_tasks import read_split
+
+    skills, occupations = read_split(resolve_data_path(config.data.split))
+    return skills | occupations
+
+
+def edges_dataset(config: TrainConfig):
+    """The training edges as one Ray Data dataset: Parquet ``edges`` and/or ESCO-only edges."""
+    import ray.data
+
+    from workembed.data.config import GraphConfig
+    from workembed.data.graph import EDGE_SCHEMA, esco_edges_table
+    from workembed.data.storage import filesystem_for, strip_scheme
+    from workembed.taxonomy import EscoConfig, load_esco_config
+
+    parts = []
+    for location in config.data.edges:
+        resolved = resolve_data_path(location)
+        filesystem = filesystem_for(resolved, config.storage)
+        path = strip_scheme(resolved) if resolved.startswith("s3://") else resolved
+        parts.append(
+            ray.data.read_parquet(path, filesystem=filesystem, schema=EDGE_SCHEMA, columns=EDGE_SCHEMA.names)
+        )
+    if config.data.esco is not None:
+        taxonomy = load_esco_config(EscoConfig(location=config.data.esco))
+        parts.append(ray.data.from_arrow(esco_edges_table(taxonomy, GraphConfig())))
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def checkpoint_storage(config: TrainConfig):
+    """Ray Train's ``(storage_path, storage_filesystem)``: an absolute local folder, or a bucket path
+    with the configured S3 endpoint."""
+    from workembed.data.storage import filesystem_for, strip_scheme
+
+    location = config.checkpoint.storage_path
+    if location.startswith("s3://"):
+        return strip_scheme(location), filesystem_for(location, config.storage)
+    return str(Path(location).resolve()), None
+
+
+def export(checkpoint, config: TrainConfig, run_name: str) -> Path | None:
+    """Copy the final checkpoint's model folder to ``<output>/<run_name>``."""
+    if checkpoint is None or config.output is None:
+        return None
+    target = Path(config.output).resolve() / run_name
+    with checkpoint.as_directory() as directory:
+        source = Path(directory) / MODEL_DIR
+        if not source.is_dir():
+            raise RuntimeError(f"the final checkpoint {checkpoint.path} holds no {MODEL_DIR}/ folder")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ MLflow
+
+
+def open_mlflow_run(config: TrainConfig, run_name: str) -> str | None:
+    """The MLflow run of ``run_name`` (an unfinished one is continued), with the resolved config as params."""
+    uri = config.tracking.tracking_uri
+    if not uri:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from workembed.tracking import experiment_id as find_experiment
+    from workembed.tracking import param_values
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = find_experiment(client, config.tracking.experiment, uri)
+    previous = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`workembed.run_name` = '{run_name}' and attributes.status != 'FINISHED'",
+        max_results=1,
+    )
+    if previous:
+        client.update_run(previous[0].info.run_id, status="RUNNING")
+        return previous[0].info.run_id
+    run = client.create_run(experiment_id, run_name=run_name, tags={"workembed.run_name": run_name})
+    params = param_values(config.model_dump(mode="json", exclude={"tracking": {"tracking_uri"}}))
+    client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in params.items()])
+    return run.info.run_id
+
+
+def close_mlflow_run(config: TrainConfig, run_id: str | None, status: str) -> None:
+    if run_id is not None:
+        from mlflow import MlflowClient
+
+        from workembed.tracking import terminate
+
+        terminate(MlflowClient(tracking_uri=config.tracking.tracking_uri), run_id, status)
