@@ -111,6 +111,34 @@ def cmd_eval_convert(args: argparse.Namespace) -> object:
     return run_convert(config_from_args(ConvertConfig, args, shortcuts))
 
 
+def cmd_eval_extraction(args: argparse.Namespace) -> object:
+    from workembed.eval.extraction_eval import ExtractionEvalConfig, run_extraction_eval
+
+    shortcuts = {
+        "model": args.model,
+        "datasets": args.datasets,
+        "calibration_fraction": args.calibration_fraction,
+        "k": args.k,
+        "among": args.among,
+        "out": args.out,
+    }
+    config = config_from_args(ExtractionEvalConfig, args, shortcuts)
+    return run_extraction_eval(config, log=lambda message: print(message, file=sys.stderr))
+
+
+def cmd_eval_matching(args: argparse.Namespace) -> object:
+    from workembed.eval.matching_eval import MatchingEvalConfig, run_matching_eval
+
+    shortcuts = {
+        "model": args.model,
+        "data": args.data,
+        "baselines": True if args.baselines else None,
+        "out": args.out,
+    }
+    config = config_from_args(MatchingEvalConfig, args, shortcuts)
+    return run_matching_eval(config, log=lambda message: print(message, file=sys.stderr))
+
+
 def cmd_run(args: argparse.Namespace) -> object:
     from workembed import stages
 
@@ -196,6 +224,40 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", help="output folder (one sub-folder per dataset)")
     add_config_args(convert)
     convert.set_defaults(handler=cmd_eval_convert)
+
+    extraction = eval_commands.add_parser(
+        "extraction", help="ConTeXT-match skill extraction: calibrated threshold, P/R/F1, F1@K, redundancy"
+    )
+    extraction.add_argument("--model", help="'minilm' or a model directory")
+    extraction.add_argument(
+        "--dataset",
+        dest="datasets",
+        action="append",
+        metavar="DIR",
+        help="skill-extraction dataset folder (repeatable)",
+    )
+    extraction.add_argument(
+        "--calibration-fraction", type=float, help="share of sentences that calibrate the threshold"
+    )
+    extraction.add_argument("--k", type=int, help="K of F1@K (default 5)")
+    extraction.add_argument("--among", choices=["all", "candidates"], help="redundancy filter scope")
+    extraction.add_argument(
+        "--out", help="JSON report path; Markdown (.md) and <stem>-<dataset>-threshold.png beside it"
+    )
+    add_config_args(extraction)
+    extraction.set_defaults(handler=cmd_eval_extraction)
+
+    matching = eval_commands.add_parser(
+        "matching", help="rank resumes for projects; Malt matching metrics at K"
+    )
+    matching.add_argument("--model", help="'minilm' or a model directory (--set model=null: baselines only)")
+    matching.add_argument("--data", help="matching folder or data root (default: <data root>/matching)")
+    matching.add_argument(
+        "--baselines", action="store_true", help="also rank with BM25, char n-gram TF-IDF and at random"
+    )
+    matching.add_argument("--out", help="JSON report path; a Markdown table is written beside it (.md)")
+    add_config_args(matching)
+    matching.set_defaults(handler=cmd_eval_matching)
 
     from workembed.stages import STAGES
 

@@ -1,0 +1,50 @@
+"""Asymmetric projections per side (JobBERT-v2): one linear map per side after mean pooling.
+
+For side ``s`` (e.g. ``title``, ``skill``): e = normalize(W_s · m̄ + b_s) with m̄ the masked mean of the token
+outputs. The sides share the backbone and nothing else, so a loss on one side leaves the other side's
+projection untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from workembed.models.heads.pooling import masked_mean
+from workembed.models.heads.registry import HeadConfig, register_head
+
+
+@register_head("projection")
+class AsymmetricProjection(nn.Module):
+    """Mean pooling, then the linear projection of the side named in the call: ``[B, T, H] → [B, D_side]``."""
+
+    config_fields: ClassVar[tuple[str, ...]] = ("sides", "normalize")
+    required_fields: ClassVar[tuple[str, ...]] = ("sides",)
+
+    def __init__(self, hidden_size: int, sides: Mapping[str, int], normalize: bool = True):
+        super().__init__()
+        if not sides:
+            raise ValueError("an asymmetric projection needs at least one side")
+        self.projections = nn.ModuleDict({side: nn.Linear(hidden_size, dim) for side, dim in sides.items()})
+        self.normalize = normalize
+
+    @classmethod
+    def from_config(cls, config: HeadConfig, hidden_size: int) -> AsymmetricProjection:
+        return cls(hidden_size, config.sides, normalize=config.normalize)
+
+    @property
+    def sides(self) -> dict[str, int]:
+        """Output dimension of each side."""
+        return {side: layer.out_features for side, layer in self.projections.items()}
+
+    def project(self, pooled: Tensor, side: str) -> Tensor:
+        """``[B, H] → [B, D_side]``: the side's linear map of already pooled vectors."""
+        if side not in self.projections:
+            raise ValueError(f"unknown side '{side}' (sides: {', '.join(self.projections)})")
+        out = self.projections[side](pooled)
+        return nn.functional.normalize(out, dim=-1) if self.normalize else out
+
+    def forward(self, hidden: Tensor, mask: Tensor, side: str) -> Tensor:
+        return self.project(masked_mean(hidden, mask), side)
