@@ -9,6 +9,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -35,7 +36,7 @@ def train_worker(payload: dict[str, Any]) -> None:
 
     from workembed.losses import BipartiteInfoNCELoss
     from workembed.models.work_encoder import WorkEncoder
-    from workembed.train.deepspeed_config import deepspeed_config
+    from workembed.train.deepspeed_config import deepspeed_config, lr_factor, optimizer
 
     config = TrainConfig.model_validate(payload["config"])
     context = ray.train.get_context()
@@ -45,11 +46,16 @@ def train_worker(payload: dict[str, Any]) -> None:
     model = WorkEncoder(
         config.model.backbone, max_length=config.model.max_length, normalize=config.model.normalize
     )
+    adamw = optimizer(model.parameters(), config)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=model.parameters(), config=deepspeed_config(config)
+        model=model,
+        optimizer=adamw,
+        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lr_factor(config)),
+        config=deepspeed_config(config),
     )
     engine.train()
-    start = restore(engine)
+    state = restore(engine)
+    start = state["step"]
     tasks = config.data.tasks
     loss = BipartiteInfoNCELoss(
         temperature=[tasks[name].temperature for name in graph.tasks],
@@ -66,6 +72,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         started = time.perf_counter()
         torch.manual_seed(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0].item())
         batch = graph.batch(config.seed, step, config.batch_size)
+        state["batches"].append(batch_digest(batch))
         total, parts = train_step(engine, model, loss, batch, rank, world, config)
         seconds = time.perf_counter() - started
         metrics = {
@@ -74,13 +81,12 @@ def train_worker(payload: dict[str, Any]) -> None:
             **{f"loss/{name}": value for name, value in parts.items()},
             "lr": engine.get_lr()[0],
             "pairs_per_s": config.batch_size / seconds,
-            "batch_rows": batch.rows[:8].tolist(),
         }
         done = step + 1 == config.steps
         if tracker is not None and ((step + 1) % config.log_every == 0 or done):
             tracker.metrics(metrics, step + 1)
         if (step + 1) % config.checkpoint.every_steps == 0 or done:
-            save_checkpoint(engine, model, metrics, config, rank, export=done)
+            save_checkpoint(engine, model, metrics, {**state, "step": step + 1}, config, rank, export=done)
         elif (step + 1) % config.log_every == 0:
             ray.train.report(metrics)
 
@@ -117,7 +123,11 @@ def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config:
         with engine.coalesce_grad_reduction():  # one gradient reduction for all chunks' backward calls
             value = cache(left, right).loss
     engine.step()
-    return float(value.detach()), objective.parts
+    value = value.detach().clone()
+    if world > 1:  # the logged loss is the mean over workers (the loss of the whole batch)
+        torch.distributed.all_reduce(value)
+        value /= world
+    return float(value), objective.parts
 
 
 class BatchObjective:
@@ -159,31 +169,45 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------------ checkpoints
 
 
-def restore(engine) -> int:
-    """Load the latest checkpoint of this run, if any; return the step to start from."""
+def restore(engine) -> dict[str, Any]:
+    """Load the latest checkpoint of this run, if any; return the trainer state to continue from:
+    ``step`` (the next one), ``batches`` (digest of every batch so far) and ``resumed_at`` (steps at
+    which the run was restored)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return {"step": 0, "batches": [], "resumed_at": []}
     with checkpoint.as_directory() as directory:
         _, client_state = engine.load_checkpoint(directory, tag=CHECKPOINT_TAG)
-    return int(client_state["step"])
+        state = json.loads((Path(directory) / STATE_FILE).read_text(encoding="utf-8"))
+    if int(client_state["step"]) != state["step"]:
+        raise RuntimeError(
+            f"checkpoint {checkpoint.path}: engine at step {client_state['step']}, state at {state['step']}"
+        )
+    state["resumed_at"].append(state["step"])
+    return state
 
 
-def save_checkpoint(engine, model, metrics: dict, config: TrainConfig, rank: int, export: bool) -> None:
-    """Every rank saves its DeepSpeed state into one checkpoint (Ray merges the ranks' files); with
-    ``export``, rank 0 also writes the model folder (``model/``)."""
+def batch_digest(batch: Batch) -> str:
+    """A short digest of a batch's graph rows (its identity)."""
+    return hashlib.sha256(batch.rows.astype("<i8").tobytes()).hexdigest()[:16]
+
+
+def save_checkpoint(
+    engine, model, metrics: dict, state: dict[str, Any], config: TrainConfig, rank: int, export: bool
+) -> None:
+    """Every rank saves its DeepSpeed state into one checkpoint (Ray merges the ranks' files); rank 0 adds
+    the trainer state and, with ``export``, the model folder (``model/``)."""
     import ray.train
     from ray.train import Checkpoint
 
-    step = int(metrics["step"])
+    step = int(state["step"])
     with tempfile.TemporaryDirectory(prefix="workembed-ckpt-") as directory:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
         if export:
             export_model(engine, model, Path(directory) / MODEL_DIR, config, rank)
         if rank == 0:
-            state = {"step": step, "seed": config.seed, "steps": config.steps}
             (Path(directory) / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         ray.train.report(
             metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=f"step-{step:07d}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,11 @@ from workembed.train.loop import MODEL_DIR, train_worker
 Log = Callable[[str], None]
 
 
-def run_train(config: TrainConfig, log: Log = print) -> dict[str, Any]:
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     """Train as ``config`` says; returns a summary (run name, steps, final metrics, model folder)."""
     import ray
     import ray.train
