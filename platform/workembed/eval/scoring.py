@@ -14,7 +14,10 @@ Two scorers:
 Rankings never hold the full |Q| × |T| score matrix: queries are scored in blocks (``block_size`` queries
 against all targets), each block reduced to its top ``k`` with ``np.argpartition`` before the next.
 Ties are ordered by corpus position (the exact top-k boundary among equal scores is arbitrary).
-Target embeddings are cached as ``.npy`` per (model, target-space fingerprint).
+Target embeddings are cached as ``.npy`` per (model, target-space fingerprint). With a
+:class:`~workembed.eval.ray_embedding.RayEmbedding`, pooled embeddings of target spaces and query sets of at
+least ``min_texts`` texts are computed by Ray Data actors (same cache file and key); late-interaction query
+tokens are always embedded here, block by block.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+from workembed.eval.ray_embedding import RayEmbedding, embed_with_ray, model_reference
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -110,6 +115,27 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+def pooled_embeddings(
+    encoder: Encoder, texts: Sequence[str], ray: RayEmbedding | None = None, log: Log | None = None
+) -> np.ndarray:
+    """L2-normalised mean-pooled embeddings of ``texts``: by Ray Data actors when ``ray`` is given and there
+    are at least ``ray.min_texts`` texts, else by ``encoder`` in this process."""
+    if ray is None or len(texts) == 0 or len(texts) < ray.min_texts:
+        return l2_normalize(encoder.embed(texts))
+    return embed_with_ray(
+        model_reference(encoder),
+        texts,
+        batch_size=encoder.batch_size,
+        max_length=encoder.max_length,
+        device=ray.device(str(encoder.device)),
+        num_actors=ray.num_actors,
+        ray_address=ray.address,
+        num_cpus=ray.num_cpus,
+        num_gpus=ray.num_gpus,
+        log=log,
+    )
+
+
 def query_token_vectors(encoder: Encoder, texts: Sequence[str]) -> list[np.ndarray]:
     """L2-normalised token embeddings of each text, special tokens excluded ([CLS]/[SEP] only when the
     text has no other token)."""
@@ -171,9 +197,15 @@ def target_cache_path(encoder: Encoder, corpus: Mapping[str, str], cache_dir: st
 
 
 def target_embeddings(
-    encoder: Encoder, corpus: Mapping[str, str], cache_dir: str | Path | None = None, log: Log | None = None
+    encoder: Encoder,
+    corpus: Mapping[str, str],
+    cache_dir: str | Path | None = None,
+    log: Log | None = None,
+    *,
+    ray: RayEmbedding | None = None,
 ) -> np.ndarray:
-    """Pooled, L2-normalised embeddings of the corpus texts, read from / written to the cache when given."""
+    """Pooled, L2-normalised embeddings of the corpus texts, read from / written to the cache when given
+    (computed as :func:`pooled_embeddings` says when not cached)."""
     path = target_cache_path(encoder, corpus, cache_dir) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
@@ -186,7 +218,7 @@ def target_embeddings(
             return cached
     if log is not None:
         log(f"embedding {len(corpus)} targets with {encoder.name}")
-    vectors = l2_normalize(encoder.embed(list(corpus.values())))
+    vectors = pooled_embeddings(encoder, list(corpus.values()), ray, log)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -209,16 +241,18 @@ def encoder_ranking(
     cache_dir: str | Path | None = None,
     block_size: int = 1024,
     log: Log | None = None,
+    ray: RayEmbedding | None = None,
 ) -> Ranking:
-    """Rank the corpus for every query with ``encoder`` and ``scorer``; keep the top ``k``."""
+    """Rank the corpus for every query with ``encoder`` and ``scorer``; keep the top ``k``. With ``ray``,
+    large target spaces and (cosine) query sets are embedded by Ray Data actors."""
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
-    targets = target_embeddings(encoder, corpus, cache_dir, log)
+    targets = target_embeddings(encoder, corpus, cache_dir, log, ray=ray)
     texts = list(queries.values())
     if log is not None:
         log(f"embedding {len(texts)} queries ({scorer})")
     if scorer == "cosine":
-        pooled = l2_normalize(encoder.embed(texts))
+        pooled = pooled_embeddings(encoder, texts, ray, log)
         indices, scores = dense_top_k(pooled, targets, k, block_size)
     else:
         # token embeddings are computed per block of queries, so they are never all held at once

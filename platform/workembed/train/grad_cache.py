@@ -16,9 +16,8 @@ Parameters that the loss uses directly (a learnable temperature) get ``∂L/∂�
 more surrogate ``⟨φ, ∂L/∂φ⟩``. Every surrogate goes through the ``backward`` callable, so a DeepSpeed
 engine applies its own loss scaling exactly as it would to an uncached ``engine.backward(loss)``.
 
-DeepSpeed (0.19.8): pass ``backward=engine.backward``, let ``encode`` call the engine itself (its forward
-registers the backward hooks that ZeRO relies on), and run the cache inside
-``engine.coalesce_grad_reduction()``, then call ``engine.step()`` once::
+DeepSpeed (0.19.8): pass ``backward=engine.backward``, run the cache inside
+``engine.coalesce_grad_reduction()`` and call ``engine.step()`` once after it::
 
     cache = GradCache(encode, loss_fn, chunk_size=64, backward=engine.backward)
     with engine.coalesce_grad_reduction():
@@ -28,15 +27,18 @@ registers the backward hooks that ZeRO relies on), and run the cache inside
 Without the context each ``engine.backward`` is a gradient-accumulation micro step of its own: with
 ZeRO-2 and ``gradient_accumulation_steps=1``, several backward calls before one ``step()`` do not add up
 and the step applies only part of the gradient. ``coalesce_grad_reduction`` (ZeRO stages 1-3) keeps each
-backward's gradient on the parameters and reduces once on exit: one reduction per step whatever the
-number of chunks. It spans exactly one optimizer step, so keep ``gradient_accumulation_steps`` at 1 (the
-cached batch is the step); ``engine.backward`` then divides by 1, as it would for the uncached loss.
+backward's gradient on the parameters and reduces once on exit: one reduction per optimizer step whatever
+the number of chunks. It spans exactly one optimizer step, so keep ``gradient_accumulation_steps`` at 1
+(the cached batch is the step); ``engine.backward`` then divides by 1, as it would for the uncached loss.
+ZeRO stage 0 has no such context: there set ``"managed_gradient_accumulation": false`` (every ``step()``
+is the boundary), at the cost of a reduction per backward call and a ``global_samples`` count that counts
+every backward call as a micro-batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -162,7 +164,7 @@ class GradCache:
             start = 0
             for chunk, state in zip(side_chunks, side_states, strict=True):
                 rows = batch_size(chunk)
-                with state.replay() if state is not None else _nothing():
+                with state.replay() if state is not None else nullcontext():
                     chunk_rep = encode(chunk)
                 pairs = [
                     (leaf, grad[start : start + rows])
@@ -187,11 +189,6 @@ class GradCache:
         if len(encoders) != n_sides:
             raise ValueError(f"GradCache has {len(encoders)} encode functions for {n_sides} sides of inputs")
         return encoders
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _tensors(batch: Batch) -> list[Tensor]:
