@@ -26,6 +26,7 @@ from workembed.config import Config, resolve_data_path
 from workembed.eval.baselines import BASELINES
 from workembed.eval.dataset import RankingDataset, read_dataset
 from workembed.eval.metrics import mean_metrics
+from workembed.eval.ray_embedding import RayEmbedding
 from workembed.eval.report import rounded, write_report
 from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking
 from workembed.tracking import flatten_metrics, log_to_mlflow
@@ -62,6 +63,11 @@ class EvalConfig(Config):
         DEFAULT_CACHE_DIR,
         description="Where target embeddings are cached per (model, target space); null disables the cache.",
     )
+    ray: RayEmbedding | None = Field(
+        None,
+        description="Embed target spaces and query sets of at least ray.min_texts texts with Ray Data actors "
+        "(ray.address, ray.num_actors, ray.num_cpus, ray.num_gpus); null embeds in this process.",
+    )
     out: str | None = Field(
         None,
         description="Write the JSON report here, a Markdown table (same stem, .md) and bar charts "
@@ -95,6 +101,7 @@ def evaluate(
     block_size: int = 1024,
     device: str = "cpu",
     cache_dir: str | Path | None = None,
+    ray: RayEmbedding | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` (a name, a model directory or an :class:`~workembed.models.Encoder`) and,
@@ -134,6 +141,7 @@ def evaluate(
                 scorer=scorer,
                 temperature=temperature,
                 cache_dir=cache_dir,
+                ray=ray,
                 block_size=block_size,
                 log=log,
             )
@@ -169,6 +177,7 @@ def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
         block_size=config.block_size,
         device=config.device,
         cache_dir=config.cache_dir,
+        ray=config.ray,
         log=log,
     )
     result = rounded(report)

@@ -144,10 +144,13 @@ class TrainConfig(Config):
     batch_size: int = Field(
         64, ge=2, description="Logical contrastive batch (pairs per optimizer step, over all workers)."
     )
-    chunk_size: int | None = Field(
-        32,
-        ge=1,
-        description="Gradient caching: texts encoded at a time per worker; null: whole batch at once.",
+    chunk_size: int = Field(
+        32, ge=1, description="Texts encoded at a time per worker and side (the activation memory bound)."
+    )
+    grad_cache: bool = Field(
+        True,
+        description="Gradient caching: only one chunk's activations are alive at a time, for batches far "
+        "larger than memory allows; false keeps every chunk's activations (the same result, more memory).",
     )
     gather_negatives: bool = Field(
         True,
@@ -176,13 +179,9 @@ class TrainConfig(Config):
             raise ValueError(
                 f"batch_size {self.batch_size} must be a multiple of scaling.num_workers {workers}"
             )
-        if self.chunk_size is not None and self.deepspeed.zero_stage == 0:
-            raise ValueError("gradient caching (chunk_size) needs deepspeed.zero_stage 1, 2 or 3")
-        if (
-            self.chunk_size is not None
-            and self.deepspeed.precision != "fp32"
-            and self.deepspeed.zero_stage == 1
-        ):
+        if self.grad_cache and self.deepspeed.zero_stage == 0:
+            raise ValueError("grad_cache needs deepspeed.zero_stage 1, 2 or 3 (or set grad_cache=false)")
+        if self.grad_cache and self.deepspeed.precision != "fp32" and self.deepspeed.zero_stage == 1:
             raise ValueError("gradient caching in bf16/fp16 needs deepspeed.zero_stage 2 or 3")
         if self.deepspeed.precision != "fp32" and not self.scaling.use_gpu:
             raise ValueError(f"deepspeed.precision '{self.deepspeed.precision}' needs scaling.use_gpu=true")

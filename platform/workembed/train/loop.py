@@ -111,8 +111,14 @@ def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config:
     left = model.tokenize(batch.left[part])
     right = model.tokenize(batch.right[part])
     objective = BatchObjective(loss, batch, part, gather=config.gather_negatives and world > 1)
-    if config.chunk_size is None:
-        value = objective(engine(**left), engine(**right))
+    if not config.grad_cache:  # every chunk's activations kept: the exact reference of the cached step
+        from workembed.train.grad_cache import split_batch
+
+        size = config.chunk_size or config.local_batch_size
+        encoded = [
+            torch.cat([engine(**chunk) for chunk in split_batch(side, size)]) for side in (left, right)
+        ]
+        value = objective(*encoded)
         engine.backward(value)
     else:
         from workembed.train.grad_cache import GradCache

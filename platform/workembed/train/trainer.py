@@ -8,6 +8,8 @@ fails, then copies the final model folder to ``output`` and logs it to MLflow.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -18,7 +20,7 @@ from typing import Any
 
 from workembed.config import resolve_data_path
 from workembed.train.config import TrainConfig
-from workembed.train.loop import MODEL_DIR, train_worker
+from workembed.train.loop import MODEL_DIR, STATE_FILE, train_worker
 
 Log = Callable[[str], None]
 
@@ -72,7 +74,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     except Exception:
         close_mlflow_run(config, mlflow_run_id, "FAILED")
         raise
-    model_dir = export(result.checkpoint, config, run_name)
+    model_dir, state = export(result.checkpoint, config, run_name)
     if mlflow_run_id is not None and model_dir is not None:
         from mlflow import MlflowClient
 
@@ -86,6 +88,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
         "metrics": {key: value for key, value in (result.metrics or {}).items() if key != "batch_rows"},
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "model": str(model_dir) if model_dir else None,
+        "state": state,
         "mlflow_run_id": mlflow_run_id,
     }
     log(f"training run {run_name} finished: loss {summary['metrics'].get('loss')}, model {summary['model']}")
@@ -152,19 +155,24 @@ def checkpoint_storage(config: TrainConfig):
     return str(Path(location).resolve()), None
 
 
-def export(checkpoint, config: TrainConfig, run_name: str) -> Path | None:
-    """Copy the final checkpoint's model folder to ``<output>/<run_name>``."""
-    if checkpoint is None or config.output is None:
-        return None
-    target = Path(config.output).resolve() / run_name
+def export(checkpoint, config: TrainConfig, run_name: str) -> tuple[Path | None, dict[str, Any]]:
+    """Copy the final checkpoint's model folder to ``<output>/<run_name>``; return it and the trainer state
+    (its ``batches`` folded into one ``batches_digest``)."""
+    if checkpoint is None:
+        return None, {}
+    target = Path(config.output).resolve() / run_name if config.output is not None else None
     with checkpoint.as_directory() as directory:
+        state = json.loads((Path(directory) / STATE_FILE).read_text(encoding="utf-8"))
         source = Path(directory) / MODEL_DIR
-        if not source.is_dir():
-            raise RuntimeError(f"the final checkpoint {checkpoint.path} holds no {MODEL_DIR}/ folder")
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(source, target)
-    return target
+        if target is not None:
+            if not source.is_dir():
+                raise RuntimeError(f"the final checkpoint {checkpoint.path} holds no {MODEL_DIR}/ folder")
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target)
+    batches = state.pop("batches")
+    state["batches_digest"] = hashlib.sha256("\n".join(batches).encode()).hexdigest()
+    return target, state
 
 
 # ------------------------------------------------------------------------------------------ MLflow
