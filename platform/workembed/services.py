@@ -131,16 +131,22 @@ def s3_env(config: ServicesConfig) -> dict[str, str]:
     }
 
 
-def client_env(config: ServicesConfig) -> dict[str, str]:
-    """What a shell needs to talk to the running services."""
-    env: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-    if config.ray.enabled:
-        env |= {"RAY_ADDRESS": f"http://{LOOPBACK}:{config.ray.dashboard_port}"} | ray_auth_env(config)
+def services_env(config: ServicesConfig) -> dict[str, str]:
+    """``MLFLOW_TRACKING_URI`` and the ``AWS_*`` variables of the enabled MLflow and S3 servers."""
+    env: dict[str, str] = {}
     if config.mlflow.enabled:
         env["MLFLOW_TRACKING_URI"] = f"http://{LOOPBACK}:{config.mlflow.port}"
     if config.s3.enabled:
         env |= s3_env(config)
     return env
+
+
+def client_env(config: ServicesConfig) -> dict[str, str]:
+    """What a shell needs to talk to the running services."""
+    env: dict[str, str] = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    if config.ray.enabled:
+        env |= {"RAY_ADDRESS": f"http://{LOOPBACK}:{config.ray.dashboard_port}"} | ray_auth_env(config)
+    return env | services_env(config)
 
 
 def ray_auth_env(config: ServicesConfig) -> dict[str, str]:
@@ -227,7 +233,8 @@ def _services(config: ServicesConfig) -> list[Service]:
                     ray_temp_dir(config),
                     "--disable-usage-stats",
                 ],
-                env=base_env | ray_auth_env(config),
+                # jobs and workers on the local head reach the local MLflow and S3 servers by default
+                env=base_env | ray_auth_env(config) | services_env(config),
                 url=f"http://{LOOPBACK}:{config.ray.dashboard_port}",
                 probe="/api/version",
                 also_ready=(f"http://{LOOPBACK}:{config.ray.agent_port}/api/local_raylet_healthz",),

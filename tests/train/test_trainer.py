@@ -49,10 +49,13 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return float(difference.norm() / torch.cat([b[k].flatten() for k in sorted(b)]).norm())
 
 
-def test_gradient_caching_on_two_zero2_workers_equals_the_uncached_step(tmp_path, tiny_bert):
-    """Dropout on (the tiny BERT's default 0.1): replayed RNG makes the cached step exact."""
-    cached = run_train(make_config(tmp_path, tiny_bert, "cached", chunk_size=2))
-    plain = run_train(make_config(tmp_path, tiny_bert, "plain", chunk_size=2, grad_cache=False))
+@pytest.mark.parametrize("head", [{"name": "mean"}, {"name": "late-interaction", "temperature": 0.1}])
+def test_gradient_caching_on_two_zero2_workers_equals_the_uncached_step(tmp_path, tiny_bert, head):
+    """Dropout on (the tiny BERT's default 0.1): replayed RNG makes the cached step exact; in-batch negatives
+    are gathered from both workers (pooled, or token-level for late interaction)."""
+    model = {"head": head}
+    cached = run_train(make_config(tmp_path, tiny_bert, "cached", chunk_size=2, model=model))
+    plain = run_train(make_config(tmp_path, tiny_bert, "plain", chunk_size=2, grad_cache=False, model=model))
     initial = {k: v for k, v in weights(tiny_bert).items() if not k.startswith("pooler.")}
     assert cached["state"]["batches_digest"] == plain["state"]["batches_digest"]
     assert relative_difference(weights(cached["model"]), weights(plain["model"])) < 1e-5

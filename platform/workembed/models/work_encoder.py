@@ -45,15 +45,35 @@ class WorkEncoder(nn.Module):
     def dim(self) -> int:
         return int(self.backbone.config.hidden_size)
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
-        """Input ids and attention mask of ``texts``, padded to the longest of them."""
-        encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+    def tokenize(self, texts: Sequence[str], tokens: bool = False) -> dict[str, Tensor]:
+        """Input ids and attention mask of ``texts``, padded to the longest of them; with ``tokens``, padded
+        to ``max_length`` (one shape on every worker) and with ``content_mask``: the tokens that are not
+        [CLS]/[SEP] (a text with no other token keeps them)."""
+        from workembed.models.heads import content_token_mask
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        encoded = self.tokenizer(
+            list(texts),
+            padding="max_length" if tokens else True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_special_tokens_mask=tokens,
+        )
+        inputs = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        if tokens:
+            inputs["content_mask"] = content_token_mask(
+                encoded["attention_mask"], encoded["special_tokens_mask"]
+            )
+        return inputs
+
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor, content_mask: Tensor | None = None
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Pooled embeddings ``[n, d]``; with ``content_mask``, token vectors ``[n, T, d]`` and that mask (as
+        float) for late interaction."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if content_mask is not None:
+            return hidden, content_mask.to(hidden.dtype)
         weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled

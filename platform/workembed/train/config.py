@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from workembed.config import Config
 from workembed.data.config import RayConfig, StorageConfig
+from workembed.models.heads import HeadConfig
+
+TRAINABLE_HEADS = ("mean", "late-interaction")
 
 
 class TaskConfig(Config):
@@ -66,7 +69,21 @@ class ModelConfig(Config):
 
     backbone: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
     max_length: int = Field(64, ge=8, description="Tokens per text; longer texts are truncated.")
-    normalize: bool = Field(True, description="L2-normalise pooled embeddings (cosine scores).")
+    head: HeadConfig = Field(
+        default_factory=lambda: HeadConfig(name="mean"),
+        description="How pairs are scored: 'mean' (cosine of mean-pooled embeddings) or 'late-interaction' "
+        "(UWE: the left text's tokens against the right text's pooled embedding, token softmax temperature "
+        "`temperature`).",
+    )
+
+    @field_validator("head")
+    @classmethod
+    def _trainable_head(cls, head: HeadConfig) -> HeadConfig:
+        if head.name not in TRAINABLE_HEADS:
+            raise ValueError(
+                f"head '{head.name}' is not trained on edges; use one of {', '.join(TRAINABLE_HEADS)}"
+            )
+        return head
 
 
 class OptimConfig(Config):

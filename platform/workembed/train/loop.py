@@ -43,8 +43,11 @@ def train_worker(payload: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     graph = load_graph(config, payload["held_out"])
     torch.manual_seed(config.seed)  # identical initial weights of any newly built layer on every worker
+    head = config.model.head
     model = WorkEncoder(
-        config.model.backbone, max_length=config.model.max_length, normalize=config.model.normalize
+        config.model.backbone,
+        max_length=config.model.max_length,
+        normalize=head.name != "mean" or head.normalize,
     )
     adamw = optimizer(model.parameters(), config)
     engine, _, _, _ = deepspeed.initialize(
@@ -107,22 +110,23 @@ def load_graph(config: TrainConfig, held_out: list[str]) -> EdgeGraph:
 
 def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config: TrainConfig):
     """One optimizer step on this worker's slice of ``batch``; returns the loss and its per-task parts."""
-    part = batch.shard(rank, world)
-    left = model.tokenize(batch.left[part])
-    right = model.tokenize(batch.right[part])
-    objective = BatchObjective(loss, batch, part, gather=config.gather_negatives and world > 1)
-    if not config.grad_cache:  # every chunk's activations kept: the exact reference of the cached step
-        from workembed.train.grad_cache import split_batch
+    from workembed.train.grad_cache import GradCache, split_batch
 
-        size = config.chunk_size or config.local_batch_size
+    part = batch.shard(rank, world)
+    late = config.model.head.name == "late-interaction"
+    left = model.tokenize(batch.left[part], tokens=late)
+    right = model.tokenize(batch.right[part])
+    objective = BatchObjective(
+        loss, batch, part, config.gather_negatives and world > 1, late_interaction(config)
+    )
+    if not config.grad_cache:  # every chunk's activations kept: the exact reference of the cached step
         encoded = [
-            torch.cat([engine(**chunk) for chunk in split_batch(side, size)]) for side in (left, right)
+            _concat([engine(**chunk) for chunk in split_batch(side, config.chunk_size)])
+            for side in (left, right)
         ]
         value = objective(*encoded)
         engine.backward(value)
     else:
-        from workembed.train.grad_cache import GradCache
-
         cache = GradCache(
             lambda chunk: engine(**chunk), objective, config.chunk_size, backward=engine.backward
         )
@@ -136,36 +140,74 @@ def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config:
     return float(value), objective.parts
 
 
+def late_interaction(config: TrainConfig):
+    """The soft late-interaction scorer of a ``late-interaction`` head, else None (cosine)."""
+    head = config.model.head
+    if head.name != "late-interaction":
+        return None
+    from workembed.models.heads import SoftLateInteraction
+
+    return SoftLateInteraction(head.temperature)
+
+
+Rep = Tensor | tuple[Tensor, Tensor]
+
+
 class BatchObjective:
     """The symmetric many-to-many InfoNCE of a worker's rows: left→right and right→left, each against the
-    worker's own items or (``gather``) the whole batch's."""
+    worker's own items or (``gather``) the whole batch's. Left items are pooled embeddings or, for late
+    interaction, ``(token vectors, content mask)``; right items are pooled."""
 
-    def __init__(self, loss, batch: Batch, part: slice, gather: bool):
-        self.loss, self.part, self.gather = loss, part, gather
+    def __init__(self, loss, batch: Batch, part: slice, gather: bool, late=None):
+        self.loss, self.part, self.gather, self.late = loss, part, gather, late
         self.tasks = torch.as_tensor(batch.tasks)
         self.positives = torch.as_tensor(batch.positives)
         self.parts: dict[str, float] = {}
 
-    def __call__(self, left: Tensor, right: Tensor) -> Tensor:
+    def __call__(self, left: Rep, right: Tensor) -> Tensor:
         part, tasks, positives = self.part, self.tasks, self.positives
         if self.gather:
-            import torch.distributed.nn.functional as dist_fn
-
-            all_left, all_right = torch.cat(dist_fn.all_gather(left)), torch.cat(dist_fn.all_gather(right))
+            all_left, all_right = _gather(left), _gather(right)
             candidates_tasks, left_right, right_left = tasks, positives[part], positives[:, part].T
         else:
             all_left, all_right = left, right
             candidates_tasks, left_right = tasks[part], positives[part, part]
             right_left = left_right.T
         local_tasks = tasks[part]
-        forward = self.loss.from_scores(_cosine(left, all_right), left_right, local_tasks, candidates_tasks)
-        backward = self.loss.from_scores(_cosine(right, all_left), right_left, local_tasks, candidates_tasks)
+        forward = self.loss.from_scores(
+            self._scores(left, all_right), left_right, local_tasks, candidates_tasks
+        )
+        backward = self.loss.from_scores(
+            self._scores(all_left, right).T, right_left, local_tasks, candidates_tasks
+        )
         names = set(forward.parts) | set(backward.parts)
         self.parts = {
             name: float(np.mean([out.parts[name].item() for out in (forward, backward) if name in out.parts]))
             for name in sorted(names)
         }
         return (forward.loss + backward.loss) / 2
+
+    def _scores(self, left: Rep, right: Tensor) -> Tensor:
+        """``[n_left, n_right]`` scores: cosine, or late interaction of left tokens with pooled rights."""
+        if isinstance(left, tuple):
+            hidden, mask = left
+            return self.late(hidden, mask, right)
+        return _cosine(left, right)
+
+
+def _gather(rep: Rep) -> Rep:
+    """Every worker's rows, in rank order, with gradients flowing back to this worker's own rows."""
+    import torch.distributed.nn.functional as dist_fn
+
+    if isinstance(rep, tuple):
+        return tuple(torch.cat(dist_fn.all_gather(item)) for item in rep)
+    return torch.cat(dist_fn.all_gather(rep))
+
+
+def _concat(chunks: list[Rep]) -> Rep:
+    if isinstance(chunks[0], tuple):
+        return tuple(torch.cat(items) for items in zip(*chunks, strict=True))
+    return torch.cat(chunks)
 
 
 def _cosine(a: Tensor, b: Tensor) -> Tensor:

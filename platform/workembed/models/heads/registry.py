@@ -114,7 +114,13 @@ class HeadConfig(Config):
     @model_validator(mode="after")
     def _fields_apply_to_head(self) -> HeadConfig:
         head = HEADS[self.name]
-        stray = sorted(self.model_fields_set - {"name"} - set(head.config_fields))
+        unused = self.model_fields_set - {"name"} - set(head.config_fields)
+        # a dumped config carries every field: only a value other than the default is a stray setting
+        stray = sorted(
+            f
+            for f in unused
+            if getattr(self, f) != type(self).model_fields[f].get_default(call_default_factory=True)
+        )
         if stray:
             reads = ", ".join(head.config_fields) or "none"
             raise ValueError(f"{', '.join(stray)} not used by head '{self.name}' (its parameters: {reads})")
