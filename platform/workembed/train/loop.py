@@ -43,11 +43,8 @@ def train_worker(payload: dict[str, Any]) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     graph = load_graph(config, payload["held_out"])
     torch.manual_seed(config.seed)  # identical initial weights of any newly built layer on every worker
-    head = config.model.head
     model = WorkEncoder(
-        config.model.backbone,
-        max_length=config.model.max_length,
-        normalize=head.name != "mean" or head.normalize,
+        config.model.backbone, max_length=config.model.max_length, normalize=config.model.head.normalize
     )
     adamw = optimizer(model.parameters(), config)
     engine, _, _, _ = deepspeed.initialize(
@@ -76,13 +73,14 @@ def train_worker(payload: dict[str, Any]) -> None:
         torch.manual_seed(np.random.SeedSequence([config.seed, step, rank]).generate_state(1)[0].item())
         batch = graph.batch(config.seed, step, config.batch_size)
         state["batches"].append(batch_digest(batch))
+        lr = engine.get_lr()[0]  # this step's learning rate (the scheduler moves on in engine.step)
         total, parts = train_step(engine, model, loss, batch, rank, world, config)
         seconds = time.perf_counter() - started
         metrics = {
             "step": step + 1,
             "loss": total,
             **{f"loss/{name}": value for name, value in parts.items()},
-            "lr": engine.get_lr()[0],
+            "lr": lr,
             "pairs_per_s": config.batch_size / seconds,
         }
         done = step + 1 == config.steps
