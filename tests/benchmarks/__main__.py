@@ -13,7 +13,11 @@ import sys
 
 from tests.benchmarks.common import save
 
-BENCHMARKS = {"encoder": "tests.benchmarks.bench_encoder", "ingest": "tests.benchmarks.bench_ingest"}
+BENCHMARKS = {
+    "encoder": "tests.benchmarks.bench_encoder",
+    "ingest": "tests.benchmarks.bench_ingest",
+    "train": "tests.benchmarks.bench_train",
+}
 
 
 def split_arguments(argv: list[str]) -> list[tuple[str, list[str]]] | None:
