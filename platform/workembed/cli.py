@@ -20,7 +20,11 @@ from workembed.config import Config, ConfigError, load_config
 class EmbedConfig(Config):
     """Settings of ``workembed embed``."""
 
-    model: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
+    model: str = Field(
+        "minilm",
+        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory or an MLflow model URI "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH; needs MLFLOW_TRACKING_URI).",
+    )
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     normalize: bool = Field(True, description="L2-normalise pooled embeddings.")

@@ -65,7 +65,11 @@ TokenSource = Callable[[Sequence[str]], list[np.ndarray]]
 class ExtractionEvalConfig(Config):
     """Settings of ``workembed eval extraction``."""
 
-    model: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
+    model: str = Field(
+        "minilm",
+        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory or an MLflow model URI "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH; needs MLFLOW_TRACKING_URI).",
+    )
     datasets: list[str] = Field(
         min_length=1,
         description="Skill-extraction ranking dataset folders (sentences → skill label space, qrels = gold "

@@ -41,7 +41,11 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 class EvalConfig(Config):
     """Settings of ``workembed eval``."""
 
-    model: str = Field("minilm", description="'minilm' (packaged all-MiniLM-L6-v2) or a model directory.")
+    model: str = Field(
+        "minilm",
+        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory or an MLflow model URI "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH; needs MLFLOW_TRACKING_URI).",
+    )
     datasets: list[str] = Field(
         min_length=1,
         description="Ranking dataset folders (queries.tsv, corpus.tsv, qrels.tsv); relative paths resolve "

