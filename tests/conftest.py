@@ -25,6 +25,12 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
             return port
 
 
+@pytest.fixture(autouse=True)
+def _no_ambient_tracking(monkeypatch):
+    """A shell's MLFLOW_TRACKING_URI must not make tests log runs; tests that log pass their server."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared data root (``../shared/data`` or ``$WORKEMBED_DATA_DIR``)."""

@@ -14,7 +14,7 @@ import math
 import re
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +148,29 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
             f"MLflow experiment '{name}' at {tracking_uri} is deleted: restore it or choose another name"
         )
     return found.experiment_id
+
+
+def log_evaluation(
+    tracking_uri: str,
+    experiment: str,
+    model: str,
+    config: Mapping[str, Any],
+    results: Mapping[str, Any],
+    files: Sequence[Path],
+    write: Callable[[Path], Sequence[Path]],
+) -> str:
+    """Log an evaluation run named after ``model``: ``config`` as parameters, the numeric leaves of
+    ``results`` as metrics, and ``files`` as artifacts (none written: ``write(folder)`` writes them to a
+    temporary folder first). Returns the run id."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="workembed-eval-") as scratch:
+        artifacts = list(files) or list(write(Path(scratch)))
+        return log_to_mlflow(
+            tracking_uri,
+            experiment,
+            run_name=Path(model).name or model,
+            params=config,
+            metrics=flatten_metrics(results),
+            artifacts=artifacts,
+        )

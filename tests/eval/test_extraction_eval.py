@@ -223,3 +223,26 @@ def test_run_with_minilm_writes_the_report_it_returns(minilm, tmp_path):
     )
     assert result["results"]["jobs"] == rounded(direct)
     assert result["results"]["jobs"]["calibration_queries"] == 5
+
+
+def test_the_run_is_logged_to_mlflow_with_its_report_files(minilm, tmp_path, mlflow_server):
+    from mlflow import MlflowClient
+
+    folder = write_dataset(
+        tmp_path / "jobs",
+        SENTENCES,
+        SKILL_LABELS,
+        {q: {s: 1} for q, s in SKILL_GOLD.items()},
+        {"name": "jobs"},
+    )
+    config = ExtractionEvalConfig(
+        datasets=[str(folder)], grid=20, k=2, cache_dir=str(tmp_path / "cache"), tracking_uri=mlflow_server
+    )
+    result = run_extraction_eval(config)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["jobs/threshold"] == result["results"]["jobs"]["threshold"]
+    assert run.data.metrics["jobs/test/f1"] == result["results"]["jobs"]["test"]["f1"]
+    assert run.data.params["k"] == "2" and "tracking_uri" not in run.data.params
+    names = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert names == {"extraction.json", "extraction.md", "extraction-jobs-threshold.png"}

@@ -48,12 +48,6 @@ LEXICAL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_tracking(monkeypatch):
-    """A shell's MLFLOW_TRACKING_URI must not make these tests log runs; tests that log pass their server."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-
-
 @pytest.fixture
 def tiny(tmp_path):
     return write_dataset(tmp_path / "tiny", QUERIES, CORPUS, QRELS, {"language": "en", "direction": "q2d"})

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -103,6 +104,12 @@ class ExtractionEvalConfig(Config):
         DEFAULT_CACHE_DIR,
         description="Where skill-space embeddings are cached per (model, skill space); null disables it.",
     )
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
+        description="MLflow tracking URI to log the run to (config, metrics, report files); defaults to "
+        "$MLFLOW_TRACKING_URI; null: no logging.",
+    )
+    experiment: str = Field("workembed-eval", min_length=1, description="MLflow experiment of the run.")
     out: str | None = Field(
         None,
         description="Write the JSON report here, a Markdown table beside it (same stem, .md) and one PNG "
@@ -256,10 +263,29 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
             log=log,
         )
     result = rounded(report)
+    written: list[Path] = []
     if config.out is not None:
         files = write_extraction_report(report, config.out)
         result.update(files)
+        written = [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
         _say(log, f"wrote {files['out']}, {files['markdown']} and {len(files['plots'])} plot(s)")
+    if config.tracking_uri is not None:
+        from workembed.tracking import log_evaluation
+
+        def write(folder: Path) -> list[Path]:
+            files = write_extraction_report(report, folder / "extraction.json")
+            return [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
+
+        result["mlflow_run_id"] = log_evaluation(
+            config.tracking_uri,
+            config.experiment,
+            report["model"],
+            config.model_dump(mode="json", exclude={"tracking_uri"}),
+            result["results"],
+            written,
+            write,
+        )
+        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -77,6 +78,12 @@ class MatchingEvalConfig(Config):
         DEFAULT_CACHE_DIR,
         description="Where profile embeddings are cached per (model, profile set); null disables the cache.",
     )
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
+        description="MLflow tracking URI to log the run to (config, metrics, report files); defaults to "
+        "$MLFLOW_TRACKING_URI; null: no logging.",
+    )
+    experiment: str = Field("workembed-eval", min_length=1, description="MLflow experiment of the run.")
     out: str | None = Field(
         None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
     )
@@ -186,10 +193,25 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
     )
     report = {"data": str(folder), **report}
     result = rounded(report)
+    written: list[Path] = []
     if config.out is not None:
         json_path, md_path = write_matching_report(report, config.out)
         result.update(out=str(json_path), markdown=str(md_path))
+        written = [json_path, md_path]
         _say(log, f"wrote {json_path} and {md_path}")
+    if config.tracking_uri is not None:
+        from workembed.tracking import log_evaluation
+
+        result["mlflow_run_id"] = log_evaluation(
+            config.tracking_uri,
+            config.experiment,
+            str(report.get("model") or "baselines"),
+            config.model_dump(mode="json", exclude={"tracking_uri"}),
+            result["results"],
+            written,
+            lambda folder: list(write_matching_report(report, folder / "matching.json")),
+        )
+        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
 
 
