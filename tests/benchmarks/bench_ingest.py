@@ -63,6 +63,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.benchmarks.common import cmdline, int_list, positive
 from workembed.config import resolve_data_path
 from workembed.data.config import ColumnMap, GroundConfig, IngestConfig, SourceConfig
 from workembed.data.pipeline import (
@@ -115,16 +116,6 @@ def log(message: str) -> None:
     print(f"[ingest {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _phases(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [p for p in chosen if p not in PHASES]
@@ -133,46 +124,39 @@ def _phases(text: str) -> list[str]:
     return [p for p in PHASES if p in chosen]
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     parser.add_argument(
-        "--ads", type=_positive, default=d["ads"], help="ads of the throughput run (%(default)s)"
+        "--ads", type=positive, default=d["ads"], help="ads of the throughput run (%(default)s)"
     )
     parser.add_argument(
         "--memory-scales",
-        type=_int_list,
+        type=int_list,
         default=d["memory_scales"],
         help="ads of the clean_stream memory runs (default: 50000,200000)",
     )
     parser.add_argument(
         "--validate-scale",
-        type=_positive,
+        type=positive,
         default=d["validate_scale"],
         help="ads of the read + validate memory run (%(default)s)",
     )
     parser.add_argument(
         "--ground-sentences",
-        type=_positive,
+        type=positive,
         default=d["ground_sentences"],
         help="sentences of the grounding comparison (%(default)s)",
     )
     parser.add_argument(
         "--file-rows",
-        type=_positive,
+        type=positive,
         default=d["file_rows"],
         help="rows per synthetic Parquet file (%(default)s)",
     )
     parser.add_argument("--seed", type=int, default=d["seed"], help="seed of the synthetic ads (%(default)s)")
     parser.add_argument(
         "--ray-cpus",
-        type=_positive,
+        type=positive,
         default=d["ray_cpus"],
         help="logical CPUs of the local Ray instance (%(default)s)",
     )
@@ -276,13 +260,6 @@ def ingest_config(files: list[str]) -> IngestConfig:
 # ------------------------------------------------------------------------------------ memory sampling
 
 
-def _cmdline(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
-
-
 class MemorySampler:
     """Summed memory of this driver and the processes of the Ray instance it started, sampled in a thread."""
 
@@ -309,7 +286,7 @@ class MemorySampler:
                 worker = (
                     process.pid == self._driver.pid
                     or process.ppid() in raylets
-                    or "ray::" in _cmdline(process)
+                    or "ray::" in cmdline(process)
                 )
                 if worker:
                     info = process.memory_full_info()

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import psutil
 
+from tests.benchmarks.common import cmdline, int_list, positive
 from workembed.taxonomy import BUILTIN
 from workembed.train.config import TrainConfig, TrainDataConfig
 
@@ -83,35 +84,22 @@ def log(message: str) -> None:
     print(f"[train {elapsed:7.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def _even_list(text: str) -> list[int]:
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 2 or any(value % 2 for value in values):
+    values = int_list(text)
+    if values[0] < 2 or any(value % 2 for value in values):
         raise argparse.ArgumentTypeError(f"expected even batch sizes (2 workers) of at least 2, got {text!r}")
     return values
 
 
 def _even(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value % 2:
         raise argparse.ArgumentTypeError(f"expected an even batch size (2 workers), got {value}")
     return value
 
 
 def _steps(text: str) -> int:
-    value = _positive(text)
+    value = positive(text)
     if value <= WARMUP_STEPS:
         raise argparse.ArgumentTypeError(f"need more than the {WARMUP_STEPS} warm-up step(s), got {value}")
     return value
@@ -124,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--memory-steps",
-        type=_positive,
+        type=positive,
         default=d["memory_steps"],
         help="steps of each memory run (%(default)s)",
     )
@@ -142,13 +130,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--chunk",
-        type=_positive,
+        type=positive,
         default=d["chunk"],
         help="texts encoded at a time: the trainer's chunk_size, sentence-transformers' mini_batch_size "
         "(%(default)s)",
     )
     parser.add_argument(
-        "--max-length", type=_positive, default=d["max_length"], help="tokens per text (%(default)s)"
+        "--max-length", type=positive, default=d["max_length"], help="tokens per text (%(default)s)"
     )
     parser.add_argument(
         "--esco",
@@ -161,16 +149,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------------ memory sampling
 
 
-def _cmdline(process: psutil.Process) -> str:
-    try:
-        return " ".join(process.cmdline())
-    except psutil.Error:
-        return ""
-
-
 def training_workers() -> list[psutil.Process]:
     """The Ray Train worker processes under this process (not those of another Ray instance)."""
-    return [p for p in psutil.Process().children(recursive=True) if WORKER_TITLE in _cmdline(p)]
+    return [p for p in psutil.Process().children(recursive=True) if WORKER_TITLE in cmdline(p)]
 
 
 def status_mb(pid: int | str = "self") -> dict[str, float]:
