@@ -109,11 +109,13 @@ def mlflow_server(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A folder with a tiny randomly initialised BERT (hidden size 32, 2 layers) and MiniLM's tokenizer."""
+    import torch
     from transformers import BertConfig, BertModel
 
     from workembed.models import resolve_model_path
 
     folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
     )

@@ -82,29 +82,10 @@ COUNTS = {"n_projects": 4, "n_with_positive": 4, "n_with_category": 3, "n_with_s
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A randomly initialised two-layer BERT (hidden size 32) with the packaged MiniLM tokenizer."""
-    from transformers import BertConfig, BertModel
-
-    from workembed.models import resolve_model_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    BertModel(config).save_pretrained(folder)
-    source = resolve_model_path("minilm")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (source / name).exists():
-            (folder / name).write_bytes((source / name).read_bytes())
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_encoder(tiny_model):
+def tiny_encoder(tiny_bert):
     from workembed.models import Encoder
 
-    return Encoder(tiny_model, max_length=32)
+    return Encoder(tiny_bert, max_length=32)
 
 
 def test_exact_values_on_a_hand_built_case(tiny_encoder):
@@ -185,14 +166,14 @@ def test_config_validation(settings, message):
         MatchingEvalConfig(**settings)
 
 
-def test_real_data(data_dir, tiny_model, tmp_path):
+def test_real_data(data_dir, tiny_bert, tmp_path):
     if not (data_dir / "matching" / "upwork_projects.csv").is_file():
         pytest.skip(f"no matching data in {data_dir / 'matching'}")
     assert matching_folder(data_dir) == matching_folder(data_dir / "matching") == data_dir / "matching"
     out = tmp_path / "matching.json"
     rules = MatchingConfig(negatives_per_project=2)  # the config's label rules reach the derivation
     config = MatchingEvalConfig(
-        model=str(tiny_model),
+        model=str(tiny_bert),
         data=str(data_dir),
         matching=rules,
         baselines=True,
@@ -216,7 +197,7 @@ def test_real_data(data_dir, tiny_model, tmp_path):
     }
     assert labels.count(-1) <= 2 * len(projects)  # 5410 negatives with the default 5 per project
     systems = result["results"]
-    assert list(systems) == [str(tiny_model), "bm25", "tfidf", "random"]
+    assert list(systems) == [str(tiny_bert), "bm25", "tfidf", "random"]
     assert all(values["n_projects"] == len(projects) for values in systems.values())
     # the positives are resumes that mention the project's skills, words BM25 matches: it finds nearly all in
     # its top 100 of 166 profiles (0.98), a random top 100 about 100 / 166 of them (0.65)

@@ -17,7 +17,7 @@ from workembed.eval.ray_embedding import (
     text_dataset,
 )
 from workembed.eval.scoring import encoder_ranking, pooled_embeddings, target_cache_path
-from workembed.models import Encoder, resolve_model_path
+from workembed.models import Encoder
 
 WORDS = (
     "manage team budget python software develop sales customer nurse patient care drive truck cook kitchen "
@@ -41,53 +41,34 @@ TEXTS = distinct_texts(240)
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A randomly initialised 2-layer BERT (hidden size 32) with the MiniLM tokenizer, in a directory."""
-    import torch
-    from transformers import BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    BertModel(config).save_pretrained(folder)
-    source = resolve_model_path("minilm")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (source / name).exists():
-            (folder / name).write_bytes((source / name).read_bytes())
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model):
-    return Encoder(tiny_model, batch_size=16)
+def tiny(tiny_bert):
+    return Encoder(tiny_bert, batch_size=16)
 
 
 # ------------------------------------------------------------------------------------------ embed_with_ray
 
 
-def test_ray_embeddings_equal_local_ones_in_input_order(ray_session, tiny, tiny_model):
+def test_ray_embeddings_equal_local_ones_in_input_order(ray_session, tiny, tiny_bert):
     texts = TEXTS[:200]
     local = tiny.embed(texts)
     # 37 rows a block: 5 full blocks and one of 15, spread over two actors
     logs: list[str] = []
     embedded = embed_with_ray(
-        str(tiny_model), texts, batch_size=16, num_actors=2, rows_per_block=37, log=logs.append
+        str(tiny_bert), texts, batch_size=16, num_actors=2, rows_per_block=37, log=logs.append
     )
     assert embedded.shape == (200, 32) and embedded.dtype == np.float32
     np.testing.assert_allclose(embedded, local, atol=1e-5, rtol=0)
     assert not np.allclose(embedded[::-1], local, atol=1e-3)  # rows differ: the order is what matched
     np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-6)
-    assert logs == [f"embedding 200 texts with {tiny_model} on 2 Ray actor(s)"]
+    assert logs == [f"embedding 200 texts with {tiny_bert} on 2 Ray actor(s)"]
 
 
-def test_order_is_restored_when_blocks_come_back_shuffled(ray_session, tiny, tiny_model):
+def test_order_is_restored_when_blocks_come_back_shuffled(ray_session, tiny, tiny_bert):
     texts = TEXTS[:120]
     shuffled = text_dataset(texts, rows_per_block=23).random_shuffle(seed=3).materialize()
     assert shuffled.take_batch(10)["index"].tolist() != list(range(10))
     embedded = embed_dataset(
-        shuffled, str(tiny_model), batch_size=16, max_length=256, device="cpu", num_actors=1
+        shuffled, str(tiny_bert), batch_size=16, max_length=256, device="cpu", num_actors=1
     )
     np.testing.assert_allclose(collect_in_order(embedded, len(texts)), tiny.embed(texts), atol=1e-5, rtol=0)
 

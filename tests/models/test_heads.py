@@ -125,22 +125,11 @@ def test_content_token_mask_drops_special_tokens_but_never_empties_a_row():
     assert torch.equal(content_token_mask(attention, special), expected)
 
 
-def test_late_interaction_on_a_backbone_equals_the_eval_scorer(tmp_path):
+def test_late_interaction_on_a_backbone_equals_the_eval_scorer(tmp_path, save_tiny_bert):
     """Backbone tokens with [CLS]/[SEP] masked out score exactly as ``eval.scoring`` ranks."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
     from workembed.models import Encoder
 
-    torch.manual_seed(0)
-    BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)}).save_pretrained(tmp_path)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    save_tiny_bert(tmp_path, VOCAB)
     encoder = Encoder(tmp_path)
     queries = ["python and sql skills", "nurses", ""]
     targets = encoder.embed(["data skills", "nurse", "sql"])

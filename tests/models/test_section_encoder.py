@@ -9,22 +9,9 @@ TITLE, SKILLS, LANGUAGES = 0, 1, 2
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory):
+def backbone_dir(tmp_path_factory, save_tiny_bert):
     """A tiny randomly initialised BERT (hidden 32, 2 layers) and its WordPiece tokenizer, on disk."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    BertTokenizer(vocab={token: i for i, token in enumerate(VOCAB)}).save_pretrained(path)
-    config = BertConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-    )
-    BertModel(config, add_pooling_layer=False).save_pretrained(path)
-    return path
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), VOCAB)
 
 
 @pytest.fixture

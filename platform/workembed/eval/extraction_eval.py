@@ -27,16 +27,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from workembed.config import Config, resolve_data_path
+from workembed.config import resolve_data_path
 from workembed.eval.dataset import RankingDataset, read_dataset
 from workembed.eval.extraction import (
     DEFAULT_GRID,
@@ -51,7 +50,7 @@ from workembed.eval.extraction import (
 )
 from workembed.eval.extraction_plots import plot_threshold_curve
 from workembed.eval.report import DIGITS, rounded
-from workembed.eval.runner import DEFAULT_CACHE_DIR
+from workembed.eval.runner import EncoderEvalConfig
 from workembed.eval.scoring import Log, l2_normalize, query_token_vectors, target_embeddings
 
 if TYPE_CHECKING:
@@ -63,14 +62,9 @@ PRF_KEYS = ("precision", "recall", "f1", "macro_precision", "macro_recall", "mac
 TokenSource = Callable[[Sequence[str]], list[np.ndarray]]
 
 
-class ExtractionEvalConfig(Config):
+class ExtractionEvalConfig(EncoderEvalConfig):
     """Settings of ``workembed eval extraction``."""
 
-    model: str = Field(
-        "minilm",
-        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory or an MLflow model URI "
-        "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH; needs MLFLOW_TRACKING_URI).",
-    )
     datasets: list[str] = Field(
         min_length=1,
         description="Skill-extraction ranking dataset folders (sentences → skill label space, qrels = gold "
@@ -97,31 +91,11 @@ class ExtractionEvalConfig(Config):
         description="Redundancy filter: a predicted skill survives if it is some token's best skill among "
         "'all' skills or among the sentence's 'candidates' (its predictions).",
     )
-    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
-    max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
-    device: str = Field("cpu", description="Torch device of the encoder ('cpu', 'cuda', 'cuda:1').")
-    cache_dir: str | None = Field(
-        DEFAULT_CACHE_DIR,
-        description="Where skill-space embeddings are cached per (model, skill space); null disables it.",
-    )
-    tracking_uri: str | None = Field(
-        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
-        description="MLflow tracking URI to log the run to (config, metrics, report files); defaults to "
-        "$MLFLOW_TRACKING_URI; null: no logging.",
-    )
-    experiment: str = Field("workembed-eval", min_length=1, description="MLflow experiment of the run.")
     out: str | None = Field(
         None,
         description="Write the JSON report here, a Markdown table beside it (same stem, .md) and one PNG "
         "per dataset (<stem>-<dataset>-threshold.png).",
     )
-
-    @field_validator("out")
-    @classmethod
-    def _out_not_markdown(cls, value: str | None) -> str | None:
-        if value is not None and Path(value).suffix == ".md":
-            raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
-        return value
 
     def thresholds(self) -> np.ndarray:
         """The threshold grid: ``grid + 1`` evenly spaced values over [0, 1]."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from workembed.config import Config, resolve_data_path
+from workembed.config import resolve_data_path
 from workembed.data.matching import PROFILES_FILE, PROJECTS_FILE, MatchingConfig
 from workembed.eval.baselines import BASELINES
 from workembed.eval.matching_metrics import (
@@ -39,7 +38,7 @@ from workembed.eval.matching_metrics import (
     random_rankings,
 )
 from workembed.eval.report import DIGITS, rounded
-from workembed.eval.runner import DEFAULT_CACHE_DIR
+from workembed.eval.runner import EncoderEvalConfig
 from workembed.eval.scoring import Log, encoder_ranking
 
 if TYPE_CHECKING:
@@ -49,12 +48,13 @@ RANDOM = "random"
 Rankings = dict[str, list[str]]
 
 
-class MatchingEvalConfig(Config):
+class MatchingEvalConfig(EncoderEvalConfig):
     """Settings of ``workembed eval matching``."""
 
     model: str | None = Field(
         "minilm",
-        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory, or null (baselines only).",
+        description="'minilm' (packaged all-MiniLM-L6-v2), a model directory, an MLflow model URI, or null "
+        "(baselines only).",
     )
     data: str = Field(
         "matching",
@@ -70,36 +70,13 @@ class MatchingEvalConfig(Config):
     )
     baselines: bool = Field(False, description="Also rank with BM25, character n-gram TF-IDF and at random.")
     seed: int = Field(0, description="Seed of the random baseline.")
-    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
-    max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
     block_size: int = Field(1024, ge=1, description="Projects scored against all profiles at a time.")
-    device: str = Field("cpu", description="Torch device of the encoder ('cpu', 'cuda', 'cuda:1').")
-    cache_dir: str | None = Field(
-        DEFAULT_CACHE_DIR,
-        description="Where profile embeddings are cached per (model, profile set); null disables the cache.",
-    )
-    tracking_uri: str | None = Field(
-        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or None,
-        description="MLflow tracking URI to log the run to (config, metrics, report files); defaults to "
-        "$MLFLOW_TRACKING_URI; null: no logging.",
-    )
-    experiment: str = Field("workembed-eval", min_length=1, description="MLflow experiment of the run.")
-    out: str | None = Field(
-        None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
-    )
 
     @field_validator("ks")
     @classmethod
     def _distinct_ks(cls, value: list[int]) -> list[int]:
         if len(set(value)) != len(value):
             raise ValueError(f"cut-offs must be distinct, got {value}")
-        return value
-
-    @field_validator("out")
-    @classmethod
-    def _out_not_markdown(cls, value: str | None) -> str | None:
-        if value is not None and Path(value).suffix == ".md":
-            raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
         return value
 
     @model_validator(mode="after")

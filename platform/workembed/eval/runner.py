@@ -38,44 +38,23 @@ DEFAULT_CACHE_DIR = "~/.cache/workembed/targets"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
-class EvalConfig(Config):
-    """Settings of ``workembed eval``."""
+class EncoderEvalConfig(Config):
+    """What every encoder evaluation shares: the model, how it runs, where the report goes and MLflow."""
 
     model: str = Field(
         "minilm",
         description="'minilm' (packaged all-MiniLM-L6-v2), a model directory or an MLflow model URI "
         "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/PATH; needs MLFLOW_TRACKING_URI).",
     )
-    datasets: list[str] = Field(
-        min_length=1,
-        description="Ranking dataset folders (queries.tsv, corpus.tsv, qrels.tsv); relative paths resolve "
-        "against the data root.",
-    )
-    baselines: bool = Field(False, description="Also rank with BM25 and character n-gram TF-IDF.")
-    k: int = Field(100, ge=1, description="Targets kept per query; metrics are computed on this top k.")
-    scorer: Scorer = Field(
-        "cosine", description="'cosine' on pooled embeddings or 'late-interaction' (query tokens vs target)."
-    )
-    temperature: float = Field(
-        0.05, gt=0, description="Softmax temperature over query tokens for the late-interaction scorer."
-    )
     batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
-    block_size: int = Field(1024, ge=1, description="Queries scored against all targets at a time.")
     device: str = Field("cpu", description="Torch device of the encoder ('cpu', 'cuda', 'cuda:1').")
     cache_dir: str | None = Field(
         DEFAULT_CACHE_DIR,
         description="Where target embeddings are cached per (model, target space); null disables the cache.",
     )
-    ray: RayEmbedding | None = Field(
-        None,
-        description="Embed target spaces and query sets of at least ray.min_texts texts with Ray Data actors "
-        "(ray.address, ray.num_actors, ray.num_cpus, ray.num_gpus); null embeds in this process.",
-    )
     out: str | None = Field(
-        None,
-        description="Write the JSON report here, a Markdown table (same stem, .md) and bar charts "
-        "(<stem>-<metric>.png) beside it.",
+        None, description="Write the JSON report here and a Markdown table beside it (same stem, .md)."
     )
     tracking_uri: str | None = Field(
         default_factory=lambda: os.environ.get(TRACKING_URI_ENV) or None,
@@ -90,6 +69,35 @@ class EvalConfig(Config):
         if value is not None and Path(value).suffix == ".md":
             raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
         return value
+
+
+class EvalConfig(EncoderEvalConfig):
+    """Settings of ``workembed eval``."""
+
+    datasets: list[str] = Field(
+        min_length=1,
+        description="Ranking dataset folders (queries.tsv, corpus.tsv, qrels.tsv); relative paths resolve "
+        "against the data root.",
+    )
+    baselines: bool = Field(False, description="Also rank with BM25 and character n-gram TF-IDF.")
+    k: int = Field(100, ge=1, description="Targets kept per query; metrics are computed on this top k.")
+    scorer: Scorer = Field(
+        "cosine", description="'cosine' on pooled embeddings or 'late-interaction' (query tokens vs target)."
+    )
+    temperature: float = Field(
+        0.05, gt=0, description="Softmax temperature over query tokens for the late-interaction scorer."
+    )
+    block_size: int = Field(1024, ge=1, description="Queries scored against all targets at a time.")
+    ray: RayEmbedding | None = Field(
+        None,
+        description="Embed target spaces and query sets of at least ray.min_texts texts with Ray Data actors "
+        "(ray.address, ray.num_actors, ray.num_cpus, ray.num_gpus); null embeds in this process.",
+    )
+    out: str | None = Field(
+        None,
+        description="Write the JSON report here, a Markdown table (same stem, .md) and bar charts "
+        "(<stem>-<metric>.png) beside it.",
+    )
 
 
 def evaluate(
