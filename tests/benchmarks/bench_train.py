@@ -19,7 +19,10 @@ all-MiniLM-L6-v2 (``resolve_model_path("minilm")``), trained on the CPU, ``--max
   Train's result keeps only the last report.
 - ``memory``: peak memory of the training worker processes (the ``RayTrainWorker`` actors under this
   benchmark's Ray instance) over a run of ``--memory-steps`` steps at each of ``--batch-sizes`` (gradient
-  caching, chunk ``--chunk``, tracking off). ``hwm_rss_mb`` sums each worker's RSS high-water mark as the
+  caching, chunk ``--memory-chunk``, tracking off). Its default, 32, is each of the 2 workers' share of the
+  smallest batch (64), so that every run encodes full chunks: with a larger chunk the smallest batch would
+  hold fewer activations per chunk than the others and the ratio would measure the chunk fill, not growth
+  with the batch. ``hwm_rss_mb`` sums each worker's RSS high-water mark as the
   kernel keeps it (``VmHWM``: no spike between samples is missed); ``peak_rss_mb`` is the peak of the
   summed RSS sampled every ``SAMPLE_SECONDS``; ``peak_uss_mb`` / ``peak_pss_mb`` the peaks of the summed
   USS (each worker's own pages, without the libraries both map) and PSS, sampled every
@@ -62,6 +65,7 @@ DEFAULTS: dict[str, object] = {
     "batch_sizes": [64, 512, 4096],
     "compare_batch": 512,
     "chunk": 64,
+    "memory_chunk": 32,
     "max_length": 64,
 }
 FULL_ESCO = "esco/v1.1.1"
@@ -136,6 +140,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(%(default)s)",
     )
     parser.add_argument(
+        "--memory-chunk",
+        type=positive,
+        default=d["memory_chunk"],
+        help="chunk_size of the memory runs (%(default)s: each worker's share of batch 64)",
+    )
+    parser.add_argument(
         "--max-length", type=positive, default=d["max_length"], help="tokens per text (%(default)s)"
     )
     parser.add_argument(
@@ -195,6 +205,8 @@ class WorkerMemory:
                     info = process.memory_full_info()
                     uss, pss = uss + info.uss / MB, pss + info.pss / MB
             except (OSError, psutil.Error):  # the process ended between listing and reading
+                continue
+            if "VmRSS" not in status or "VmHWM" not in status:  # exiting: its memory is already released
                 continue
             rss += status["VmRSS"]
             self._hwm[process.pid] = max(self._hwm.get(process.pid, 0.0), status["VmHWM"])
@@ -446,6 +458,7 @@ def run(
     batch_sizes: list[int] | None = None,
     compare_batch: int = DEFAULTS["compare_batch"],
     chunk: int = DEFAULTS["chunk"],
+    memory_chunk: int = DEFAULTS["memory_chunk"],
     max_length: int = DEFAULTS["max_length"],
     esco: str = BUILTIN,
     skip_st: bool = False,
@@ -465,6 +478,7 @@ def run(
         "batch_sizes": batch_sizes,
         "compare_batch": compare_batch,
         "chunk": chunk,
+        "memory_chunk": memory_chunk,
         "max_length": max_length,
     }
     figures: dict[str, object] = {
@@ -511,11 +525,12 @@ def run(
 
             started = time.monotonic()
             runs = [
-                trainer_memory(folder, batch_size, steps=memory_steps, **common) for batch_size in batch_sizes
+                trainer_memory(folder, batch_size, steps=memory_steps, **{**common, "chunk": memory_chunk})
+                for batch_size in batch_sizes
             ]
             timings["memory"] = round(time.monotonic() - started, 1)
         smallest, largest = runs[0], runs[-1]
-        memory: dict[str, object] = {"chunk_size": chunk, "runs": runs}
+        memory: dict[str, object] = {"chunk_size": memory_chunk, "runs": runs}
         if len(runs) > 1:
             ratio = {
                 key: round(largest[f"{key}_mb"] / smallest[f"{key}_mb"], 3)

@@ -66,6 +66,13 @@ class WorkEncoder(nn.Module):
             )
         return inputs
 
+    def tokenize_chunks(self, texts: Sequence[str], chunk_size: int) -> list[dict[str, Tensor]]:
+        """:meth:`tokenize` per chunk of ``chunk_size`` texts, each padded to its own longest text (no
+        compute spent on another chunk's padding)."""
+        return [
+            self.tokenize(texts[start : start + chunk_size]) for start in range(0, len(texts), chunk_size)
+        ]
+
     def forward(
         self, input_ids: Tensor, attention_mask: Tensor, content_mask: Tensor | None = None
     ) -> Tensor | tuple[Tensor, Tensor]:

@@ -83,6 +83,11 @@ class CachedLoss(NamedTuple):
     parts: dict[str, Tensor]
 
 
+class Chunks(list):
+    """A side given already split into chunks (e.g. each tokenised and padded on its own); GradCache
+    encodes them as they are instead of splitting the side by ``chunk_size``."""
+
+
 def split_batch(batch: Batch, chunk_size: int) -> list[Batch]:
     """Split ``batch`` into chunks of ``chunk_size`` rows (the last may be shorter), keeping its structure.
 
@@ -132,7 +137,7 @@ class GradCache:
         if not sides:
             raise ValueError("GradCache needs at least one side of inputs")
         encoders = self._encoders(len(sides))
-        chunks = [split_batch(side, self.chunk_size) for side in sides]
+        chunks = [side if isinstance(side, Chunks) else split_batch(side, self.chunk_size) for side in sides]
 
         # 1. encode without a graph, remembering the RNG state before each chunk
         states: list[list[RngState | None]] = []

@@ -108,28 +108,25 @@ def load_graph(config: TrainConfig, held_out: list[str]) -> EdgeGraph:
 
 def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config: TrainConfig):
     """One optimizer step on this worker's slice of ``batch``; returns the loss and its per-task parts."""
-    from workembed.train.grad_cache import GradCache, split_batch
+    from workembed.train.grad_cache import Chunks, GradCache, split_batch
 
     part = batch.shard(rank, world)
-    late = config.model.head.name == "late-interaction"
-    left = model.tokenize(batch.left[part], tokens=late)
-    right = model.tokenize(batch.right[part])
+    size = config.chunk_size
+    if config.model.head.name == "late-interaction":  # token-level left side: one length for all chunks
+        left = split_batch(model.tokenize(batch.left[part], tokens=True), size)
+    else:
+        left = model.tokenize_chunks(batch.left[part], size)
+    right = model.tokenize_chunks(batch.right[part], size)
     objective = BatchObjective(
         loss, batch, part, config.gather_negatives and world > 1, late_interaction(config)
     )
     if not config.grad_cache:  # every chunk's activations kept: the exact reference of the cached step
-        encoded = [
-            _concat([engine(**chunk) for chunk in split_batch(side, config.chunk_size)])
-            for side in (left, right)
-        ]
-        value = objective(*encoded)
+        value = objective(*(_concat([engine(**chunk) for chunk in side]) for side in (left, right)))
         engine.backward(value)
     else:
-        cache = GradCache(
-            lambda chunk: engine(**chunk), objective, config.chunk_size, backward=engine.backward
-        )
+        cache = GradCache(lambda chunk: engine(**chunk), objective, size, backward=engine.backward)
         with engine.coalesce_grad_reduction():  # one gradient reduction for all chunks' backward calls
-            value = cache(left, right).loss
+            value = cache(Chunks(left), Chunks(right)).loss
     engine.step()
     value = value.detach().clone()
     if world > 1:  # the logged loss is the mean over workers (the loss of the whole batch)
