@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -49,9 +48,9 @@ from workembed.eval.extraction import (
     token_attention_scores,
 )
 from workembed.eval.extraction_plots import plot_threshold_curve
-from workembed.eval.report import DIGITS, rounded
+from workembed.eval.report import DIGITS, format_cell, rounded
 from workembed.eval.runner import EncoderEvalConfig
-from workembed.eval.scoring import Log, l2_normalize, query_token_vectors, target_embeddings
+from workembed.eval.scoring import Log, l2_normalize, query_token_vectors, say, target_embeddings
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -163,7 +162,7 @@ def evaluate_extraction(
     targets = _skill_vectors(dataset, encoder, skill_vectors, cache_dir, log)
     tokens_of = _token_source(dataset, labelled, encoder, token_vectors, targets.shape[1])
     gold = {qid: set(dataset.positives(qid)) for qid in labelled}
-    _say(log, f"{dataset.name}: {len(calibration)} calibration + {len(test)} test sentences")
+    say(log, f"{dataset.name}: {len(calibration)} calibration + {len(test)} test sentences")
 
     calibration_scores = np.empty((len(calibration), len(skill_ids)), dtype=np.float32)
     for row, cosines in enumerate(_sentence_cosines(calibration, tokens_of, targets)):
@@ -171,7 +170,7 @@ def evaluate_extraction(
     threshold, table = calibrate_threshold(
         calibration_scores, [gold[q] for q in calibration], grid, skill_ids
     )
-    _say(log, f"{dataset.name}: threshold {threshold:.4f}")
+    say(log, f"{dataset.name}: threshold {threshold:.4f}")
 
     predicted, kept, ranked = [], [], []
     for cosines in _sentence_cosines(test, tokens_of, targets):
@@ -242,7 +241,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
         files = write_extraction_report(report, config.out)
         result.update(files)
         written = [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
-        _say(log, f"wrote {files['out']}, {files['markdown']} and {len(files['plots'])} plot(s)")
+        say(log, f"wrote {files['out']}, {files['markdown']} and {len(files['plots'])} plot(s)")
     if config.tracking_uri is not None:
         from workembed.tracking import log_evaluation
 
@@ -259,7 +258,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
             written,
             write,
         )
-        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
+        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
 
 
@@ -304,14 +303,16 @@ def extraction_markdown(report: Mapping[str, Any], digits: int = DIGITS) -> str:
         cells = [result["threshold"], *(test[key] for key in PRF_KEYS)]
         cells += [test[f"macro_f1@{k}"], test[f"micro_f1@{k}"]]
         counts = [str(result["calibration_queries"]), str(result["test_queries"])]
-        lines.append(_row([name, *counts, *(_cell(v, digits) for v in cells), str(test["predictions"])]))
+        lines.append(
+            _row([name, *counts, *(format_cell(v, digits) for v in cells), str(test["predictions"])])
+        )
     lines += ["", *_table_head(side)]
     for name, result in report["results"].items():
         filtered, similarity = result["filtered"], result["mean_pairwise_similarity"]
         cells = [result["redundancy"], *(filtered[key] for key in ("precision", "recall", "f1"))]
         tail = [similarity["before"], similarity["after"]]
-        row = [name, *(_cell(v, digits) for v in cells), str(filtered["predictions"])]
-        lines.append(_row(row + [_cell(v, digits) for v in tail]))
+        row = [name, *(format_cell(v, digits) for v in cells), str(filtered["predictions"])]
+        lines.append(_row(row + [format_cell(v, digits) for v in tail]))
     return "\n".join(lines) + "\n"
 
 
@@ -383,14 +384,3 @@ def _table_head(header: Sequence[str]) -> list[str]:
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
-
-
-def _cell(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _say(log: Log | None, message: str) -> None:
-    if log is not None:
-        log(message)

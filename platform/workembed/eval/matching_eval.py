@@ -17,7 +17,6 @@ rounds the values (4 decimals) and writes the JSON and Markdown report.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -37,9 +36,9 @@ from workembed.eval.matching_metrics import (
     matching_metrics,
     random_rankings,
 )
-from workembed.eval.report import DIGITS, rounded
+from workembed.eval.report import DIGITS, format_cell, rounded
 from workembed.eval.runner import EncoderEvalConfig
-from workembed.eval.scoring import Log, encoder_ranking
+from workembed.eval.scoring import Log, encoder_ranking, say
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -130,9 +129,9 @@ def evaluate_matching(
         },
         "results": {},
     }
-    _say(log, f"{len(queries)} projects x {len(corpus)} profiles, top {k}")
+    say(log, f"{len(queries)} projects x {len(corpus)} profiles, top {k}")
     for name, ranker in rankers.items():
-        _say(log, f"ranking with {name}")
+        say(log, f"ranking with {name}")
         started = time.perf_counter()
         rankings = ranker()
         seconds = time.perf_counter() - started
@@ -145,7 +144,7 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
     """Evaluate as ``config`` says, write the report files when ``config.out`` is set; return the rounded
     report (with ``data`` naming the matching folder, and ``out`` and ``markdown`` the files written)."""
     folder = matching_folder(config.data, config.matching.directory)
-    _say(log, f"deriving the labelled pairs from {folder}")
+    say(log, f"deriving the labelled pairs from {folder}")
     projects, profiles, interactions = matching_dataset(
         folder, config.matching.model_copy(update={"directory": "."})
     )
@@ -175,7 +174,7 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
         json_path, md_path = write_matching_report(report, config.out)
         result.update(out=str(json_path), markdown=str(md_path))
         written = [json_path, md_path]
-        _say(log, f"wrote {json_path} and {md_path}")
+        say(log, f"wrote {json_path} and {md_path}")
     if config.tracking_uri is not None:
         from workembed.tracking import log_evaluation
 
@@ -188,7 +187,7 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
             written,
             lambda folder: list(write_matching_report(report, folder / "matching.json")),
         )
-        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
+        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
 
 
@@ -219,7 +218,7 @@ def matching_markdown(report: dict[str, Any], digits: int = DIGITS) -> str:
     ]
     for system, values in results.items():
         lines.append(
-            "| " + " | ".join([system, *(_cell(values.get(name), digits) for name in columns)]) + " |"
+            "| " + " | ".join([system, *(format_cell(values.get(name), digits) for name in columns)]) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -261,14 +260,3 @@ def _check_interactions(
                 f"interaction ({edge.project_id}, {edge.profile_id}) names a project or profile that is not "
                 "in the evaluated sets"
             )
-
-
-def _cell(value: Any, digits: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"
-
-
-def _say(log: Log | None, message: str) -> None:
-    if log is not None:
-        log(message)

@@ -41,7 +41,7 @@ def markdown_table(report: Mapping[str, Any], digits: int = DIGITS) -> str:
     ]
     for dataset, systems in report["results"].items():
         for system, values in systems.items():
-            cells = [_cell(values.get(name), digits) for name in METRICS]
+            cells = [format_cell(values.get(name), digits) for name in METRICS]
             lines.append(f"| {dataset} | {system} | {values['n_queries']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -71,7 +71,8 @@ def write_report(
     return written
 
 
-def _cell(value: Any, digits: int) -> str:
+def format_cell(value: Any, digits: int = DIGITS) -> str:
+    """A metric for a Markdown cell: ``digits`` decimals, '–' for a missing or NaN value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}"

@@ -28,7 +28,7 @@ from workembed.eval.dataset import RankingDataset, read_dataset
 from workembed.eval.metrics import mean_metrics
 from workembed.eval.ray_embedding import RayEmbedding
 from workembed.eval.report import rounded, write_report
-from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking
+from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking, say
 from workembed.tracking import flatten_metrics, log_to_mlflow
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def evaluate(
             "queries_without_positives": dataset.queries_without_positives,
             **{key: dataset.meta[key] for key in ("language", "direction") if key in dataset.meta},
         }
-        _say(log, f"{dataset.name}: {len(queries)} queries x {len(dataset.corpus)} targets")
+        say(log, f"{dataset.name}: {len(queries)} queries x {len(dataset.corpus)} targets")
         rankers: dict[str, Callable[[], Ranking]] = {
             encoder.name: partial(
                 encoder_ranking,
@@ -164,7 +164,7 @@ def evaluate(
         systems: dict[str, Any] = {}
         for name, ranker in rankers.items():
             if name != encoder.name:
-                _say(log, f"{dataset.name}: {name}")
+                say(log, f"{dataset.name}: {name}")
             started = time.perf_counter()
             ranking = ranker() if queries else None  # no query with a positive: nothing to rank
             systems[name] = _summary(dataset, ranking, time.perf_counter() - started)
@@ -198,10 +198,10 @@ def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
         files = write_report(report, config.out)
         plots = {metric: str(path) for metric, path in files.items() if metric not in ("json", "markdown")}
         result.update(out=str(files["json"]), markdown=str(files["markdown"]), plots=plots)
-        _say(log, f"wrote {files['json']}, {files['markdown']} and {len(plots)} plot(s)")
+        say(log, f"wrote {files['json']}, {files['markdown']} and {len(plots)} plot(s)")
     if config.tracking_uri is not None:
         result["mlflow_run_id"] = _log_run(config.tracking_uri, config, report, result, files)
-        _say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
+        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
 
 
@@ -235,8 +235,3 @@ def _summary(dataset: RankingDataset, ranking: Ranking | None, seconds: float) -
         **means,
         "seconds": seconds,
     }
-
-
-def _say(log: Log | None, message: str) -> None:
-    if log is not None:
-        log(message)

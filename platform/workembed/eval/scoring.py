@@ -40,6 +40,14 @@ if TYPE_CHECKING:
 Scorer = Literal["cosine", "late-interaction"]
 SCORERS: tuple[str, ...] = ("cosine", "late-interaction")
 Log = Callable[[str], None]
+
+
+def say(log: Log | None, message: str) -> None:
+    """Send ``message`` to ``log`` when there is one."""
+    if log is not None:
+        log(message)
+
+
 ScoreBlock = Callable[[int, int], np.ndarray]
 
 
