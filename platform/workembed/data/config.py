@@ -117,6 +117,17 @@ class RayConfig(Config):
     address: str | None = Field(None, description="Cluster to join; null: $RAY_ADDRESS or a new local one.")
     num_cpus: int | None = Field(4, ge=1, description="Logical CPUs of a new local instance.")
 
+    def connect(self) -> None:
+        """Join the configured cluster (or ``$RAY_ADDRESS``, as in a submitted job), else start a local
+        instance of ``num_cpus``; nothing when this process is already connected."""
+        import os
+
+        import ray
+
+        if not ray.is_initialized():
+            joining = self.address is not None or "RAY_ADDRESS" in os.environ
+            ray.init(address=self.address, num_cpus=None if joining else self.num_cpus)
+
 
 class IngestConfig(Config):
     """Job ads → job_ads, sentences, edges, rejects, skill edge counts and a summary."""

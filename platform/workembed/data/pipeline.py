@@ -9,7 +9,6 @@ except counts.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -338,9 +337,7 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
 
     from workembed.data.matching import build_matching_edges
 
-    if not ray.is_initialized():
-        joining = config.ray.address is not None or "RAY_ADDRESS" in os.environ  # e.g. a submitted job
-        ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus)
+    config.ray.connect()
     check_cluster_cpus(config, ray.cluster_resources().get("CPU", 0))
     run_id = config.run_id or new_run_id()
     out = join(output_root(config.output), run_id)

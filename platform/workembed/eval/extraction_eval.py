@@ -25,7 +25,6 @@ as JSON, a Markdown table beside it and one PNG per dataset (``<stem>-<dataset>-
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +47,7 @@ from workembed.eval.extraction import (
     token_attention_scores,
 )
 from workembed.eval.extraction_plots import plot_threshold_curve
-from workembed.eval.report import DIGITS, format_cell, rounded
+from workembed.eval.report import DIGITS, format_cell, rounded, write_json_and_markdown
 from workembed.eval.runner import EncoderEvalConfig
 from workembed.eval.scoring import Log, l2_normalize, query_token_vectors, say, target_embeddings
 
@@ -240,14 +239,10 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
     if config.out is not None:
         files = write_extraction_report(report, config.out)
         result.update(files)
-        written = [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
+        written = _paths(files)
         say(log, f"wrote {files['out']}, {files['markdown']} and {len(files['plots'])} plot(s)")
     if config.tracking_uri is not None:
         from workembed.tracking import log_evaluation
-
-        def write(folder: Path) -> list[Path]:
-            files = write_extraction_report(report, folder / "extraction.json")
-            return [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
 
         result["mlflow_run_id"] = log_evaluation(
             config.tracking_uri,
@@ -256,7 +251,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
             config.model_dump(mode="json", exclude={"tracking_uri"}),
             result["results"],
             written,
-            write,
+            lambda folder: _paths(write_extraction_report(report, folder / "extraction.json")),
         )
         say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
@@ -268,13 +263,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
 def write_extraction_report(report: Mapping[str, Any], out: str | Path) -> dict[str, Any]:
     """Write ``out`` (rounded JSON), ``out`` with suffix ``.md`` (Markdown tables) and per dataset
     ``<stem>-<dataset>-threshold.png`` beside it; return ``{"out", "markdown", "plots": {dataset: path}}``."""
-    json_path = Path(out).expanduser()
-    md_path = json_path.with_suffix(".md")
-    if md_path == json_path:
-        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(extraction_markdown(report), encoding="utf-8")
+    json_path, md_path = write_json_and_markdown(report, out, extraction_markdown(report))
     plots = {}
     for name, result in report["results"].items():
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
@@ -282,6 +271,11 @@ def write_extraction_report(report: Mapping[str, Any], out: str | Path) -> dict[
         title = f"{name}: calibration part ({result['calibration_queries']} sentences)"
         plots[name] = str(plot_threshold_curve(result["threshold_table"], result["threshold"], path, title))
     return {"out": str(json_path), "markdown": str(md_path), "plots": plots}
+
+
+def _paths(files: Mapping[str, Any]) -> list[Path]:
+    """The files of :func:`write_extraction_report`'s answer."""
+    return [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
 
 
 def extraction_markdown(report: Mapping[str, Any], digits: int = DIGITS) -> str:

@@ -16,7 +16,6 @@ rounds the values (4 decimals) and writes the JSON and Markdown report.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from workembed.eval.matching_metrics import (
     matching_metrics,
     random_rankings,
 )
-from workembed.eval.report import DIGITS, format_cell, rounded
+from workembed.eval.report import DIGITS, format_cell, rounded, write_json_and_markdown
 from workembed.eval.runner import EncoderEvalConfig
 from workembed.eval.scoring import Log, encoder_ranking, say
 
@@ -225,14 +224,7 @@ def matching_markdown(report: dict[str, Any], digits: int = DIGITS) -> str:
 
 def write_matching_report(report: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     """Write ``out`` (rounded JSON) and ``out`` with suffix ``.md`` (Markdown table); return both paths."""
-    json_path = Path(out).expanduser()
-    md_path = json_path.with_suffix(".md")
-    if md_path == json_path:
-        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(matching_markdown(report), encoding="utf-8")
-    return json_path, md_path
+    return write_json_and_markdown(report, out, matching_markdown(report))
 
 
 # ------------------------------------------------------------------------------------------ helpers

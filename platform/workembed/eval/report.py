@@ -46,6 +46,19 @@ def markdown_table(report: Mapping[str, Any], digits: int = DIGITS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_json_and_markdown(report: Mapping[str, Any], out: str | Path, markdown: str) -> tuple[Path, Path]:
+    """Write ``out`` (the rounded report as JSON) and ``markdown`` beside it (``out`` with suffix ``.md``);
+    return both paths."""
+    json_path = Path(out).expanduser()
+    md_path = json_path.with_suffix(".md")
+    if md_path == json_path:
+        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
+    md_path.write_text(markdown, encoding="utf-8")
+    return json_path, md_path
+
+
 def write_report(
     report: Mapping[str, Any], out: str | Path, plots: Sequence[str] = PLOT_METRICS
 ) -> dict[str, Path]:
@@ -54,16 +67,10 @@ def write_report(
 
     Returns the paths written: ``{'json': ..., 'markdown': ..., <metric>: <png>, ...}``.
     """
-    json_path = Path(out).expanduser()
-    md_path = json_path.with_suffix(".md")
-    if md_path == json_path:
-        raise ValueError(f"out '{out}' must not end in .md: the Markdown table is written beside it")
     unknown = [metric for metric in plots if metric not in METRICS]
     if unknown:
         raise ValueError(f"unknown plot metric(s) {', '.join(unknown)}: choose from {', '.join(METRICS)}")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(rounded(report), indent=2) + "\n", encoding="utf-8")
-    md_path.write_text(markdown_table(report), encoding="utf-8")
+    json_path, md_path = write_json_and_markdown(report, out, markdown_table(report))
     written: dict[str, Path] = {"json": json_path, "markdown": md_path}
     for metric in plots:
         png = json_path.with_name(f"{json_path.stem}-{safe_name(metric)}.png")

@@ -13,7 +13,6 @@ to MLflow: the resolved config as parameters, every number of ``results`` as ``d
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -29,7 +28,6 @@ from workembed.eval.metrics import mean_metrics
 from workembed.eval.ray_embedding import RayEmbedding
 from workembed.eval.report import rounded, write_report
 from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking, say
-from workembed.tracking import flatten_metrics, log_to_mlflow
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -200,31 +198,19 @@ def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
         result.update(out=str(files["json"]), markdown=str(files["markdown"]), plots=plots)
         say(log, f"wrote {files['json']}, {files['markdown']} and {len(plots)} plot(s)")
     if config.tracking_uri is not None:
-        result["mlflow_run_id"] = _log_run(config.tracking_uri, config, report, result, files)
+        from workembed.tracking import log_evaluation
+
+        result["mlflow_run_id"] = log_evaluation(
+            config.tracking_uri,
+            config.experiment,
+            report["model"],
+            config.model_dump(mode="json", exclude={"tracking_uri"}),
+            result["results"],
+            list(files.values()),
+            lambda folder: list(write_report(report, folder / "eval.json").values()),
+        )
         say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
-
-
-def _log_run(
-    tracking_uri: str,
-    config: EvalConfig,
-    report: dict[str, Any],
-    result: dict[str, Any],
-    files: dict[str, Path],
-) -> str:
-    """Log to ``tracking_uri``: the resolved config without the tracking URI (it may hold credentials)
-    as parameters, the rounded ``results`` as metrics and the report files (written to a temporary folder
-    when ``out`` is unset) as artifacts; the run is named after the model."""
-    with tempfile.TemporaryDirectory(prefix="workembed-eval-") as scratch:
-        artifacts = files or write_report(report, Path(scratch) / "eval.json")
-        return log_to_mlflow(
-            tracking_uri,
-            config.experiment,
-            run_name=Path(report["model"]).name or report["model"],
-            params=config.model_dump(mode="json", exclude={"tracking_uri"}),
-            metrics=flatten_metrics(result["results"]),
-            artifacts=list(artifacts.values()),
-        )
 
 
 def _summary(dataset: RankingDataset, ranking: Ranking | None, seconds: float) -> dict[str, Any]:

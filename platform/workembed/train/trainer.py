@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -98,9 +97,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
 def init_ray(config: TrainConfig) -> None:
     import ray
 
-    if not ray.is_initialized():
-        joining = config.ray.address is not None or "RAY_ADDRESS" in os.environ
-        ray.init(address=config.ray.address, num_cpus=None if joining else config.ray.num_cpus)
+    config.ray.connect()
     needed = config.scaling.num_workers * config.scaling.cpus_per_worker
     available = ray.cluster_resources().get("CPU", 0)
     if available < needed + 1:
