@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ STAGES: dict[str, Stage] = {
             "workembed.train.trainer:run_train",
             "edges → a trained encoder (Ray Train + DeepSpeed, checkpoints, MLflow)",
         ),
+        Stage(
+            "evaluate",
+            "workembed.eval.runner:EvalConfig",
+            "workembed.eval.runner:run_eval",
+            "a model on ranking datasets → JSON/Markdown/PNG report, logged to MLflow",
+        ),
     )
 }
 
@@ -48,7 +55,14 @@ def run(name: str, args: argparse.Namespace) -> object:
 
     stage = STAGES[name]
     config = config_from_args(stage.load(stage.config), args)
-    return stage.load(stage.run)(config)
+    run_stage = stage.load(stage.run)
+    if "log" in inspect.signature(run_stage).parameters:
+        return run_stage(config, log=_stderr)
+    return run_stage(config)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def stage_main(name: str, argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python -m jobs.evaluate -c jobs/configs/evaluate.yaml [--set k=v]``."""
+
+import sys
+
+from workembed.stages import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("evaluate"))
