@@ -56,3 +56,13 @@ def test_unknown_alias_and_missing_server_are_clear_errors(registered, monkeypat
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     with pytest.raises(FileNotFoundError, match="set MLFLOW_TRACKING_URI"):
         Encoder(f"models:/{name}@champion")
+
+
+def test_explicit_tracking_uri_needs_no_environment(registered, tmp_path, monkeypatch):
+    from workembed.models.mlflow_models import download_model
+
+    _, name, _, other = registered
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)  # no local ./mlruns store to fall back on
+    folder = download_model(f"models:/{name}/2", tracking_uri=registered[0].tracking_uri)
+    assert (folder / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()

@@ -61,7 +61,7 @@ def download_model(
         staging = Path(tempfile.mkdtemp(prefix="download-", dir=root))
         try:
             mlflow.artifacts.download_artifacts(
-                artifact_uri=pinned,
+                artifact_uri=artifact_location(pinned, tracking_uri),
                 dst_path=str(staging),
                 tracking_uri=tracking_uri,
                 registry_uri=tracking_uri,
@@ -76,6 +76,20 @@ def download_model(
             shutil.rmtree(target)
         staging.rename(target)
     return model_folder(target, uri)
+
+
+def artifact_location(pinned: str, tracking_uri: str) -> str:
+    """Where a pinned URI's files are: a registered version's download URI (asked of ``tracking_uri``
+    itself, whatever the process-wide registry URI is), other URIs as given."""
+    if not pinned.startswith("models:/"):
+        return pinned
+    from mlflow import MlflowClient
+
+    name, _, version = pinned[len("models:/") :].rpartition("/")
+    if not name or not version.isdigit():
+        return pinned
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return client.get_model_version_download_uri(name, version)
 
 
 def model_folder(root: Path, uri: str) -> Path:
