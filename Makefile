@@ -28,7 +28,8 @@ SERVICES_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-llm demo test bench lint format services-up services-down services-status clean
+.PHONY: setup setup-llm demo test bench lint format services-up services-down services-status k8s-sync \
+	k8s-validate clean
 
 setup: $(STAMP)
 
@@ -73,6 +74,13 @@ services-down: setup
 
 services-status: setup
 	$(BIN)/workembed services status $(SERVICES_ARGS)
+
+# Kubernetes: regenerate the RayService serveConfigV2 from serve/config.yaml; render and validate both overlays.
+k8s-sync: setup
+	$(BIN)/python -m workembed.deploy.k8s sync
+
+k8s-validate: setup
+	$(BIN)/python -m workembed.deploy.k8s validate
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache platform/*.egg-info

@@ -163,6 +163,62 @@ def cmd_services(args: argparse.Namespace) -> object:
     return services.status(config)
 
 
+def registry_config(args: argparse.Namespace):
+    from workembed.registry import RegistryConfig
+
+    return config_from_args(RegistryConfig, args, {"name": args.name})
+
+
+def cmd_models_register(args: argparse.Namespace) -> object:
+    from workembed.registry import register_model
+
+    return register_model(
+        registry_config(args),
+        model_dir=args.model,
+        run_id=args.run,
+        report=args.report,
+        log=lambda message: print(message, file=sys.stderr),
+    )
+
+
+def cmd_models_promote(args: argparse.Namespace) -> object:
+    from workembed.registry import PromotionRefused, promote
+
+    config = registry_config(args)
+    try:
+        return promote(
+            config,
+            args.version,
+            args.alias,
+            force=args.force,
+            log=lambda message: print(message, file=sys.stderr),
+        )
+    except PromotionRefused as refused:  # the refused decision is the result; the exit code says refused
+        json.dump(refused.result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        raise
+
+
+def cmd_models_list(args: argparse.Namespace) -> object:
+    from workembed.registry import list_versions
+
+    return list_versions(registry_config(args))
+
+
+def cmd_models_show(args: argparse.Namespace) -> object:
+    from workembed.registry import show_version
+
+    return show_version(registry_config(args), args.version)
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> object:
+    from workembed.registry import rollback
+
+    return rollback(
+        registry_config(args), args.alias, to=args.to, log=lambda message: print(message, file=sys.stderr)
+    )
+
+
 # --------------------------------------------------------------------------------------------- parser
 
 
@@ -272,11 +328,63 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(run)
     run.set_defaults(handler=cmd_run)
 
+    add_models_parser(commands)
+
     svc = commands.add_parser("services", help="local Ray head, MLflow server and S3 server on 127.0.0.1")
     svc.add_argument("action", choices=["up", "down", "status"])
     add_config_args(svc)
     svc.set_defaults(handler=cmd_services)
     return parser
+
+
+def add_models_parser(commands) -> None:
+    """``workembed models register|promote|list|show|rollback``: the MLflow model registry."""
+    models = commands.add_parser(
+        "models", help="the MLflow model registry: register, promote through the gate, list, show, rollback"
+    )
+    actions = models.add_subparsers(dest="models_command", required=True, metavar="MODELS_COMMAND")
+
+    def action(name: str, summary: str, handler: Callable[[argparse.Namespace], object]):
+        parser = actions.add_parser(name, help=summary)
+        parser.add_argument("--name", help="registered model name (default workembed)")
+        add_config_args(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    register = action(
+        "register",
+        "log a model folder or a training run's model as a new version, with lineage tags",
+        cmd_models_register,
+    )
+    source = register.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="DIR", help="model folder (config.json, optional workembed.json)")
+    source.add_argument(
+        "--run", metavar="RUN_ID", help="MLflow training run whose artifact 'model' is registered"
+    )
+    register.add_argument("--report", metavar="FILE", help="evaluation report logged with the version")
+
+    promote = action(
+        "promote",
+        "move ALIAS to VERSION if no gate metric regresses vs the holder (or minilm)",
+        cmd_models_promote,
+    )
+    promote.add_argument("--version", required=True, help="candidate version")
+    promote.add_argument("--alias", required=True, help="alias to move, e.g. champion")
+    promote.add_argument(
+        "--force", action="store_true", help="move the alias even if the gate fails (recorded)"
+    )
+
+    action("list", "registered versions with aliases, threshold and lineage summary", cmd_models_list)
+    show = action("show", "one version: aliases, source, run, all tags", cmd_models_show)
+    show.add_argument("--version", required=True, help="version to show")
+
+    rollback = action(
+        "rollback", "move ALIAS back to its previous holder (or --to VERSION)", cmd_models_rollback
+    )
+    rollback.add_argument("--alias", required=True, help="alias to move back, e.g. champion")
+    rollback.add_argument(
+        "--to", metavar="VERSION", help="version to move the alias to (default: previous holder)"
+    )
 
 
 DEFAULT_SUBCOMMANDS = {"eval": "run"}

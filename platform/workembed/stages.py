@@ -45,6 +45,12 @@ STAGES: dict[str, Stage] = {
             "workembed.eval.runner:run_eval",
             "a model on ranking datasets → JSON/Markdown/PNG report, logged to MLflow",
         ),
+        Stage(
+            "extract",
+            "workembed.batch_extract:BatchExtractConfig",
+            "workembed.batch_extract:run_batch_extract",
+            "job ads → ESCO skills per sentence (spans, scores) and title occupations (registered model)",
+        ),
     )
 }
 

@@ -1,0 +1,152 @@
+"""Move an alias through the gate (``promote``) and back (``rollback``), recording every decision.
+
+``promote`` compares the candidate with the alias holder — the zero-shot ``minilm`` when no version holds
+the alias — on the gate datasets (:mod:`workembed.registry.gate`). A candidate without an extraction
+threshold is refused before any evaluation (serving's ``/v1/extract`` needs one). The decision is
+``promoted`` (gate passed), ``refused`` (alias untouched; :class:`PromotionRefused` is raised) or
+``forced`` (``force`` overrode a failed gate); it is written to the candidate as the tag
+``workembed.promotion.<alias>`` and every alias move is appended to the registered model's
+``workembed.alias_history.<alias>``. ``rollback`` moves the alias to the holder before the current one
+(dropping the current one from the history), or to a given version (cutting the history back to that
+version's last turn, or appending it), and tags that version ``workembed.rollback.<alias>``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from workembed.eval.report import rounded
+from workembed.eval.scoring import Log, say
+from workembed.registry import tags
+from workembed.registry.config import RegistryConfig
+from workembed.registry.gate import REGRESSED, compare, gate_scores, markdown
+from workembed.registry.versions import model_version, registered_model
+
+BASELINE = "minilm"
+"""The holder a candidate is compared with while no version holds the alias."""
+
+
+class PromotionRefused(RuntimeError):
+    """The gate refused a promotion; ``result`` is the recorded decision with its table."""
+
+    def __init__(self, result: dict[str, Any]):
+        self.result = result
+        message = (
+            f"promotion of {result['name']} version {result['version']} to '{result['alias']}' refused: "
+            + "; ".join(result["reasons"])
+        )
+        super().__init__(message + ("\n" + result["markdown"] if result["table"] else ""))
+
+
+def promote(
+    config: RegistryConfig, version: str | int, alias: str, *, force: bool = False, log: Log | None = None
+) -> dict[str, Any]:
+    """Gate version ``version`` of ``config.name`` against the holder of ``alias`` and move the alias when it
+    passes or ``force`` is set; returns the decision (name, version, alias, decision, holder, force,
+    tolerance, reasons, table, markdown, by, at). Raises :class:`PromotionRefused` when refused."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    model = registered_model(client, config.name)
+    candidate = model_version(client, config.name, version)
+    holder = model.aliases.get(alias)
+    if holder == candidate.version:
+        raise ValueError(f"version {holder} of '{config.name}' already holds alias '{alias}'")
+    gate = config.gate
+    if not gate.datasets and not force:
+        raise ValueError("gate.datasets is empty: configure the gate datasets (or promote with --force)")
+    reasons, rows = [], []
+    if tags.EXTRACTION_THRESHOLD not in candidate.tags:
+        reasons.append("the candidate has no calibrated extraction threshold (register it with calibration)")
+    if gate.datasets and (force or not reasons):
+        say(log, f"gate: version {candidate.version} vs {_label(config.name, holder)}")
+        before = gate_scores(_folder(config, holder), gate, config.cache_dir, log)
+        after = gate_scores(_folder(config, candidate.version), gate, config.cache_dir, log)
+        rows = rounded({"rows": compare(before, after, gate.metrics, gate.tolerance)})["rows"]
+        regressed = sum(row["verdict"] == REGRESSED for row in rows)
+        if regressed:
+            reasons.append(f"{regressed} gate metric(s) dropped by more than {gate.tolerance}")
+    decision = "refused" if reasons and not force else "forced" if reasons else "promoted"
+    record = {
+        "decision": decision,
+        "alias": alias,
+        "holder": _label(config.name, holder),
+        "force": force,
+        "tolerance": gate.tolerance,
+        "reasons": reasons,
+        "table": rows,
+        **tags.stamp(),
+    }
+    client.set_model_version_tag(
+        config.name, candidate.version, tags.promotion_tag(alias), tags.dumps(record)
+    )
+    result = {"name": config.name, "version": candidate.version, **record, "markdown": markdown(rows)}
+    if decision == "refused":
+        raise PromotionRefused(result)
+    history = alias_history(model, alias)
+    if holder is not None and (not history or history[-1] != holder):
+        history.append(holder)  # the alias was set outside the registry commands
+    history.append(candidate.version)
+    move_alias(client, config.name, alias, candidate.version, history)
+    say(log, f"{decision}: '{alias}' → {config.name} version {candidate.version}")
+    return {**result, "history": history}
+
+
+def rollback(
+    config: RegistryConfig, alias: str, *, to: str | int | None = None, log: Log | None = None
+) -> dict[str, Any]:
+    """Move ``alias`` back to its previous holder (or to version ``to``); returns name, alias, from, to,
+    history, by, at."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=config.tracking_uri)
+    model = registered_model(client, config.name)
+    holder = model.aliases.get(alias)
+    if holder is None:
+        raise ValueError(f"no version of '{config.name}' holds alias '{alias}'")
+    history = alias_history(model, alias)
+    if to is None:
+        while history and history[-1] == holder:
+            history.pop()
+        if not history:
+            raise ValueError(f"alias '{alias}' of '{config.name}' has no previous holder to roll back to")
+        target = history[-1]
+    else:
+        target = model_version(client, config.name, to).version
+        if target == holder:
+            raise ValueError(f"version {target} of '{config.name}' already holds alias '{alias}'")
+        if target in history:  # back to its last turn: the turns after it are undone
+            history = history[: len(history) - history[::-1].index(target)]
+        else:
+            history.append(target)
+    record = {"from": holder, "to": target, **tags.stamp()}
+    client.set_model_version_tag(config.name, target, tags.rollback_tag(alias), tags.dumps(record))
+    move_alias(client, config.name, alias, target, history)
+    say(log, f"rolled back '{alias}' of {config.name}: version {holder} → {target}")
+    return {"name": config.name, "alias": alias, **record, "history": history}
+
+
+def alias_history(model: Any, alias: str) -> list[str]:
+    """The versions that held ``alias``, oldest first (the registered model's history tag)."""
+    value = model.tags.get(tags.alias_history_tag(alias))
+    return [str(version) for version in json.loads(value)] if value else []
+
+
+def move_alias(client: Any, name: str, alias: str, version: str, history: list[str]) -> None:
+    """Point ``alias`` at ``version`` and store ``history`` (which ends with it)."""
+    client.set_registered_model_alias(name, alias, version)
+    client.set_registered_model_tag(name, tags.alias_history_tag(alias), tags.dumps(history))
+
+
+def _folder(config: RegistryConfig, version: str | None):
+    """The local folder of version ``version`` (downloaded once), or the baseline's name."""
+    from workembed.models.mlflow_models import download_model
+
+    if version is None:
+        return BASELINE
+    return download_model(f"models:/{config.name}/{version}", tracking_uri=config.tracking_uri)
+
+
+def _label(name: str, version: str | None) -> str:
+    return f"models:/{name}/{version}" if version is not None else BASELINE
