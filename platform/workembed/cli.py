@@ -329,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     add_models_parser(commands)
+    add_pipeline_parser(commands)
 
     svc = commands.add_parser("services", help="local Ray head, MLflow server and S3 server on 127.0.0.1")
     svc.add_argument("action", choices=["up", "down", "status"])
@@ -398,6 +399,36 @@ def with_default_subcommand(argv: Sequence[str]) -> list[str]:
         if len(args) == 1 or (args[1].startswith("-") and args[1] not in ("-h", "--help")):
             args.insert(1, DEFAULT_SUBCOMMANDS[args[0]])
     return args
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> object:
+    from workembed.pipeline import PipelineConfig, run_pipeline
+
+    config = config_from_args(PipelineConfig, args, {"address": args.address, "run_id": args.run_id})
+    return run_pipeline(config, resume=args.resume, start=args.start)
+
+
+def cmd_pipeline_status(args: argparse.Namespace) -> object:
+    from workembed.pipeline import PipelineConfig, read_state
+
+    return read_state(config_from_args(PipelineConfig, args), args.run_id)
+
+
+def add_pipeline_parser(commands) -> None:
+    """``workembed pipeline run|status``: the stages as Ray jobs, in order."""
+    pipeline = commands.add_parser("pipeline", help="run the pipeline stages as Ray jobs, in order")
+    actions = pipeline.add_subparsers(dest="pipeline_command", required=True, metavar="PIPELINE_COMMAND")
+    run = actions.add_parser("run", help="submit the stages in order, stream their logs, stop at a failure")
+    add_config_args(run)
+    run.add_argument("--address", help="http://HEAD:8265 or ray://HEAD:10001 (default: $RAY_ADDRESS)")
+    run.add_argument("--run-id", help="id of a new run (default: pipeline-<UTC time>)")
+    run.add_argument("--resume", metavar="RUN_ID", help="continue this run; stages that succeeded are kept")
+    run.add_argument("--from", dest="start", metavar="STAGE", help="start at this stage (with --resume)")
+    run.set_defaults(handler=cmd_pipeline_run)
+    status = actions.add_parser("status", help="the recorded state of a run (stages, job ids, status)")
+    add_config_args(status)
+    status.add_argument("--run-id", required=True, help="pipeline run id")
+    status.set_defaults(handler=cmd_pipeline_status)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

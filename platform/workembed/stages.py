@@ -46,6 +46,18 @@ STAGES: dict[str, Stage] = {
             "a model on ranking datasets → JSON/Markdown/PNG report, logged to MLflow",
         ),
         Stage(
+            "register",
+            "workembed.registry.stages:RegisterStageConfig",
+            "workembed.registry.stages:run_register",
+            "a model folder or training run → a registered MLflow version (calibrated threshold, lineage)",
+        ),
+        Stage(
+            "promote",
+            "workembed.registry.stages:PromoteStageConfig",
+            "workembed.registry.stages:run_promote",
+            "move an alias to a version if the gate passes against the current holder",
+        ),
+        Stage(
             "extract",
             "workembed.batch_extract:BatchExtractConfig",
             "workembed.batch_extract:run_batch_extract",

@@ -1,0 +1,8 @@
+"""``ray job submit --working-dir . -- python -m jobs.promote -c jobs/configs/promote.yaml [--set k=v]``."""
+
+import sys
+
+from workembed.stages import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("promote"))

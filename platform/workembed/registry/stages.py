@@ -1,0 +1,66 @@
+"""The registry as pipeline stages: ``python -m jobs.register`` and ``python -m jobs.promote``.
+
+Both take the registry settings (:class:`RegistryConfig`) plus what the command-line flags of
+``workembed models register|promote`` give, so a pipeline can register the model its training stage wrote
+and promote the version it registered (``version: latest``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from workembed.registry.config import RegistryConfig
+
+Log = Callable[[str], None]
+
+
+class RegisterStageConfig(RegistryConfig):
+    """Settings of the ``register`` stage."""
+
+    model_dir: str | None = Field(None, description="Model folder to register (e.g. a training output).")
+    run_id: str | None = Field(
+        None, description="Or: the MLflow training run whose 'model' artifact is registered."
+    )
+    report: str | None = Field(None, description="Evaluation report file logged with the version.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RegisterStageConfig:
+        if (self.model_dir is None) == (self.run_id is None):
+            raise ValueError("give exactly one of model_dir and run_id")
+        return self
+
+
+class PromoteStageConfig(RegistryConfig):
+    """Settings of the ``promote`` stage."""
+
+    version: str = Field("latest", description="Candidate version; 'latest': the highest version number.")
+    alias: str = Field("champion", min_length=1, description="Alias the gate may move.")
+    force: bool = Field(False, description="Move the alias even if the gate fails (recorded as forced).")
+
+
+def run_register(config: RegisterStageConfig, log: Log | None = None) -> dict[str, Any]:
+    """Register the configured model folder or training run (see :func:`register_model`)."""
+    from workembed.config import resolve_data_path
+    from workembed.registry.register import register_model
+
+    model_dir = resolve_data_path(config.model_dir) if config.model_dir else None
+    return register_model(config, model_dir=model_dir, run_id=config.run_id, report=config.report, log=log)
+
+
+def run_promote(config: PromoteStageConfig, log: Log | None = None) -> dict[str, Any]:
+    """Promote the configured (or latest) version through the gate (see :func:`promote`)."""
+    from mlflow import MlflowClient
+
+    from workembed.registry.promotion import promote
+
+    version = config.version
+    if version == "latest":
+        client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
+        versions = [int(v.version) for v in client.search_model_versions(f"name = '{config.name}'")]
+        if not versions:
+            raise ValueError(f"registered model '{config.name}' has no versions to promote")
+        version = str(max(versions))
+    return promote(config, version, config.alias, force=config.force, log=log)
