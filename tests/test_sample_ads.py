@@ -27,3 +27,15 @@ def test_sample_ads_name_related_skills_and_carry_two_bad_rows(tmp_path):
     assert {k: v for k, v in ads[31].items() if k != "id"} == {k: v for k, v in ads[0].items() if k != "id"}
     path = write_sample_ads(tmp_path / "ads.jsonl", taxonomy, n_ads=30, seed=3)
     assert len(path.read_text(encoding="utf-8").splitlines()) == 32
+
+
+def test_extraction_sample_labels_each_sentence_with_the_skill_it_names(tmp_path):
+    from workembed.eval.dataset import read_dataset
+    from workembed.sample_ads import write_extraction_sample
+
+    taxonomy = load_esco("builtin")
+    dataset = read_dataset(write_extraction_sample(tmp_path / "extraction", taxonomy, n_sentences=40))
+    assert len(dataset.queries) == 40 and len(dataset.corpus) == len(taxonomy.skills)
+    for qid, sentence in dataset.queries.items():
+        (skill,) = dataset.positives(qid)
+        assert taxonomy.skills[skill].preferred_label in sentence

@@ -4,7 +4,9 @@ Each ad is for one occupation: its title is the occupation's preferred or an alt
 requirement sentences name skills the taxonomy relates to that occupation, phrased by skill type (a
 competence as a task, knowledge as something to know). The output is deterministic for a given seed. Two
 rows are deliberately bad (an ad without text and an exact copy of another ad) so that a run over the
-sample shows quarantine and de-duplication at work.
+sample shows quarantine and de-duplication at work. :func:`write_extraction_sample` writes requirement
+sentences written the same way, labelled with the skill each names, as a skill-extraction ranking dataset
+(calibration of the extraction threshold on the sample).
 """
 
 from __future__ import annotations
@@ -44,6 +46,13 @@ KNOWLEDGE = (
 OUTROS = ("We offer flexible hours and a hybrid setup.", "Apply with your CV; we answer within two weeks.")
 
 
+def requirement_sentence(rng: random.Random, taxonomy: Taxonomy, skill_uri: str) -> str:
+    """A job-ad requirement sentence naming the skill, phrased by its type."""
+    skill = taxonomy.skills[skill_uri]
+    templates = KNOWLEDGE if skill.skill_type == "knowledge" else COMPETENCE
+    return rng.choice(templates).format(label=skill.preferred_label)
+
+
 def sample_ads(taxonomy: Taxonomy, n_ads: int = 120, seed: int = 0, skills_per_ad: int = 5) -> list[dict]:
     """``n_ads`` job ads (``id``, ``title``, ``description``, ``company``, ``location``, ``occupation_uri``)
     followed by one ad without text and one exact copy of the first ad."""
@@ -64,10 +73,7 @@ def sample_ads(taxonomy: Taxonomy, n_ads: int = 120, seed: int = 0, skills_per_a
         company, city = rng.choice(COMPANIES), rng.choice(CITIES)
         chosen = rng.sample(related[occupation.uri], min(skills_per_ad, len(related[occupation.uri])))
         sentences = [rng.choice(INTROS).format(company=company, title=title, city=city)]
-        for uri in chosen:
-            skill = taxonomy.skills[uri]
-            templates = KNOWLEDGE if skill.skill_type == "knowledge" else COMPETENCE
-            sentences.append(rng.choice(templates).format(label=skill.preferred_label))
+        sentences.extend(requirement_sentence(rng, taxonomy, uri) for uri in chosen)
         sentences.append(rng.choice(OUTROS))
         ads.append(
             {
@@ -92,3 +98,23 @@ def write_sample_ads(path: str | Path, taxonomy: Taxonomy, n_ads: int = 120, see
         for ad in sample_ads(taxonomy, n_ads, seed):
             handle.write(json.dumps(ad, ensure_ascii=False) + "\n")
     return out
+
+
+def write_extraction_sample(
+    folder: str | Path, taxonomy: Taxonomy, n_sentences: int = 200, seed: int = 1
+) -> Path:
+    """A skill-extraction ranking dataset: ``n_sentences`` requirement sentences (queries), the taxonomy's
+    skills (corpus: URI → preferred label) and, as gold, the skill each sentence names (qrels)."""
+    from workembed.eval.dataset import write_dataset
+
+    rng = random.Random(seed)
+    skills = sorted(taxonomy.skills)
+    queries, qrels = {}, {}
+    for index in range(n_sentences):
+        uri = rng.choice(skills)
+        qid = f"S{index:05d}"
+        queries[qid] = requirement_sentence(rng, taxonomy, uri)
+        qrels[qid] = {uri: 1}
+    corpus = {uri: taxonomy.skills[uri].preferred_label for uri in skills}
+    meta = {"direction": "sentence -> skill label", "source": "workembed sample sentences", "seed": seed}
+    return write_dataset(folder, queries, corpus, qrels, meta)
