@@ -1,0 +1,441 @@
+"""The Ray Serve application: a FastAPI ingress over a model server and a profile matcher.
+
+:func:`build_app` (``import_path: workembed.serving.app:build_app`` in ``serve/config.yaml``) builds three
+deployments from a :class:`~workembed.serving.config.ServeConfig` (the application's ``args``):
+
+- ``Models``, the model server: holds the default model (``model``; an alias URI is re-resolved every
+  ``alias_poll_s`` and a new version swaps in without a failed request, see
+  :mod:`~workembed.serving.versions`) and, with Serve model multiplexing, up to ``max_models_per_replica``
+  other versions selected by the ``serve_multiplexed_model_id`` header (a URI, a version number or an
+  alias name; absent: the default). The encoder work of concurrent requests is batched
+  (``@serve.batch``): one encoder pass per model, operation and target space for all requests in a batch.
+- ``Matcher``: the profile index (:class:`~workembed.serving.profiles.ProfileIndex`, one collection per
+  model version). Qdrant local mode allows one process, so with ``profiles.qdrant_path`` it runs one replica.
+- ``Api``: the FastAPI ingress; OpenAPI documentation at ``/docs``.
+
+``Models`` and ``Matcher`` receive the config as ``user_config``: a changed config (``serve deploy`` of an
+edited file, a RayService update) is applied by their ``reconfigure`` without a restart.
+
+Routes (``/v1`` ones need the ``X-API-Key`` header when an API key is configured, see
+:mod:`~workembed.serving.auth`): ``POST /v1/embed``, ``/v1/rank``, ``/v1/normalize/title``,
+``/v1/extract``, ``/v1/match``, ``/v1/profiles``; ``GET /v1/models``, ``/healthz``. Every answer from a
+model names the version that gave it (``model``). Errors: 422 an invalid request (the field is named), 401 a
+missing or wrong API key, 404 an unknown target space or model version, 409 extraction with a model that
+has no calibrated threshold, 503 a model version that cannot be loaded; an error never stops a replica.
+"""
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, status
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from workembed.eval.scoring import l2_normalize
+from workembed.serving.auth import read_api_key, require_api_key
+from workembed.serving.config import ServeConfig
+from workembed.serving.profiles import ProfileIndex
+from workembed.serving.runtime import NoThresholdError, ServedModel, UnknownSpaceError
+from workembed.serving.schemas import (
+    EmbedResponse,
+    ExtractResponse,
+    MatchResponse,
+    NormalizeTitlesResponse,
+    ProfilesResponse,
+    RankResponse,
+    request_models,
+)
+from workembed.serving.versions import (
+    ModelHolder,
+    ModelLoadError,
+    UnknownModelError,
+    multiplexed_uri,
+)
+
+logger = logging.getLogger("ray.serve")
+
+MODEL_HEADER = "serve_multiplexed_model_id"
+"""Serve's multiplexing header: which model version answers a request."""
+OCCUPATIONS = "esco-occupations"
+
+# ------------------------------------------------------------------------------------ batching
+
+
+@dataclass(frozen=True)
+class EncoderCall:
+    """One request's encoder work. Calls with the same :attr:`key` in a batch share one encoder pass."""
+
+    model: ServedModel
+    op: Literal["embed", "rank", "extract", "extract_ad"]
+    texts: tuple[str, ...]
+    tokens: bool = False
+    space: str = ""
+    k: int = 0
+
+    @property
+    def key(self) -> tuple:
+        return (self.model, self.op, self.tokens, self.space)
+
+
+def run_batch(calls: Sequence[EncoderCall]) -> list[Any]:
+    """The results of ``calls`` in order, one encoder pass per group of calls with the same key (texts
+    concatenated, results split back; a rank group ranks the largest ``k`` and cuts each call's lists to
+    its own ``k``). When a group fails, its exception is the result of each of its calls."""
+    groups: dict[tuple, list[int]] = {}
+    for index, call in enumerate(calls):
+        groups.setdefault(call.key, []).append(index)
+    results: list[Any] = [None] * len(calls)
+    for indices in groups.values():
+        members = [calls[index] for index in indices]
+        try:
+            outputs = _run_group(members)
+        except Exception as err:
+            outputs = [err] * len(members)
+        for index, output in zip(indices, outputs, strict=True):
+            results[index] = output
+    return results
+
+
+def _run_group(calls: Sequence[EncoderCall]) -> list[Any]:
+    first = calls[0]
+    model = first.model
+    if first.op == "extract_ad":
+        return [model.extract_ad(call.texts[0]) for call in calls]
+    texts = [text for call in calls for text in call.texts]
+    if first.op == "embed":
+        flat = model.embed(texts, tokens=first.tokens)
+    elif first.op == "rank":
+        flat = model.rank(texts, first.space, max(call.k for call in calls))
+    else:
+        flat = model.extract(texts)
+    outputs, start = [], 0
+    for call in calls:
+        part = flat[start : start + len(call.texts)]
+        start += len(call.texts)
+        outputs.append([hits[: call.k] for hits in part] if first.op == "rank" else part)
+    return outputs
+
+
+# -------------------------------------------------------------------------------- deployments
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+class Models:
+    """The model server: the default model and multiplexed versions, batched encoder calls."""
+
+    def __init__(self) -> None:
+        self.config: ServeConfig | None = None
+        self.default: ModelHolder | None = None
+        self.versions: dict[str, ModelHolder] = {}
+        self._load_version = None
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the config: batching at once; the default model is loaded at the first call and reloaded
+        when a field it depends on changes (on a failure a running replica keeps its model and reports the
+        error); ``max_models_per_replica`` applies to replicas started after a change."""
+        config = ServeConfig.model_validate(user_config)
+        self._encode.set_max_batch_size(config.batching.max_batch_size)
+        self._encode.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
+        if self.default is None or self.default.uri != config.model:
+            holder = ModelHolder(config.model, config)
+            try:
+                await holder.start()
+            except Exception as err:
+                if self.default is None:
+                    raise
+                self.default.record_error(config.model, err)
+            else:
+                previous, self.default = self.default, holder
+                if previous is not None:
+                    previous.close()
+        else:
+            await self.default.reconfigure(config)
+        for version in self._live_versions():
+            await version.reconfigure(config)
+        if self._load_version is None:
+            self._load_version = serve.multiplexed(max_num_models_per_replica=config.max_models_per_replica)(
+                self._version_loader()
+            )
+        elif config.max_models_per_replica != self.config.max_models_per_replica:
+            logger.warning(
+                "max_models_per_replica %d → %d applies to replicas started from now on",
+                self.config.max_models_per_replica,
+                config.max_models_per_replica,
+            )
+        self.config = config
+
+    def _version_loader(self):
+        async def load_version(uri: str) -> ModelHolder:
+            holder = ModelHolder(uri, self.config)
+            await holder.start()
+            self.versions[uri] = holder
+            return holder
+
+        return load_version
+
+    def _live_versions(self) -> list[ModelHolder]:
+        self.versions = {uri: holder for uri, holder in self.versions.items() if not holder.closed}
+        return list(self.versions.values())
+
+    async def _served(self) -> ServedModel:
+        """The model version the request selects (its multiplexed model id; none: the default)."""
+        uri = multiplexed_uri(serve.get_multiplexed_model_id(), self.default.uri)
+        if uri == self.default.uri:
+            return self.default.model
+        holder = await self._load_version(uri)
+        return holder.model
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _encode(self, calls: list[EncoderCall]) -> list[Any]:
+        """Batched encoder work (see :func:`run_batch`), off the event loop."""
+        return await asyncio.to_thread(run_batch, calls)
+
+    async def _submit(self, call: EncoderCall) -> Any:
+        result = await self._encode(call)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def embed(self, texts: list[str], tokens: bool = False) -> dict[str, Any]:
+        model = await self._served()
+        embeddings = await self._submit(EncoderCall(model, "embed", tuple(texts), tokens=tokens))
+        return {"model": model.version, "embeddings": embeddings}
+
+    async def rank(self, texts: list[str], space: str, k: int) -> dict[str, Any]:
+        model = await self._served()
+        results = await self._submit(EncoderCall(model, "rank", tuple(texts), space=space, k=k))
+        return {"model": model.version, "space": space, "results": results}
+
+    async def normalize_titles(self, titles: list[str], k: int) -> dict[str, Any]:
+        model = await self._served()
+        results = await self._submit(EncoderCall(model, "rank", tuple(titles), space=OCCUPATIONS, k=k))
+        return {"model": model.version, "results": results}
+
+    async def extract(self, sentences: list[str] | None = None, text: str | None = None) -> dict[str, Any]:
+        """Skills of a job ad (``text``, segmented) or of ``sentences`` (each on its own)."""
+        model = await self._served()
+        if text is not None:
+            found = await self._submit(EncoderCall(model, "extract_ad", (text,)))
+        else:
+            skills = await self._submit(EncoderCall(model, "extract", tuple(sentences or ())))
+            found = [{"sentence": s, "skills": sk} for s, sk in zip(sentences or (), skills, strict=True)]
+        return {"model": model.version, "threshold": model.settings.threshold, "sentences": found}
+
+    async def embed_documents(self, documents: list[list[str]]) -> dict[str, Any]:
+        """One vector per document: the L2-normalised mean of its parts' pooled embeddings."""
+        model = await self._served()
+        parts = tuple(text for document in documents for text in document)
+        embedded = await self._submit(EncoderCall(model, "embed", parts))
+        vectors = np.asarray([item["embedding"] for item in embedded], dtype=np.float32)
+        bounds = np.cumsum([0] + [len(document) for document in documents])
+        means = np.stack([vectors[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        return {"model": model.version, "vectors": l2_normalize(means).tolist()}
+
+    async def describe(self) -> dict[str, Any]:
+        """What this replica serves: the default model, the multiplexed versions loaded, the spaces."""
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "pid": os.getpid(),
+            "default": self.default.status(),
+            "multiplexed": [holder.status() for holder in self._live_versions()],
+            "spaces": self.default.model.spaces(),
+        }
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
+class Matcher:
+    """The profile index of every model version (Qdrant), one operation at a time."""
+
+    def __init__(self) -> None:
+        self.config: ServeConfig | None = None
+        self._indexes: dict[str, ProfileIndex] = {}
+        self._lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = ServeConfig.model_validate(user_config)
+        async with self._lock:
+            if self.config is not None and config.profiles != self.config.profiles:
+                self._close_all()
+            self.config = config
+        if config.profiles.local:
+            logger.info("profile index: Qdrant local mode in %s (one replica)", config.profiles.qdrant_path)
+
+    async def upsert(self, version: str, profiles: list[dict], vectors: list[list[float]]) -> dict[str, int]:
+        """Insert or replace ``profiles`` of model ``version``: ``{"upserted", "total"}``."""
+
+        def run() -> dict[str, int]:
+            index = self._index(version, len(vectors[0]))
+            return {"upserted": index.upsert(profiles, np.asarray(vectors)), "total": index.count()}
+
+        async with self._lock:
+            return await asyncio.to_thread(run)
+
+    async def search(self, version: str, vector: list[float], k: int, filters: dict) -> list[dict]:
+        """The ``k`` best profiles of model ``version`` for ``vector`` that pass ``filters``."""
+
+        def run() -> list[dict]:
+            return self._index(version, len(vector)).search(np.asarray(vector), k, filters)
+
+        async with self._lock:
+            return await asyncio.to_thread(run)
+
+    def _index(self, version: str, dim: int) -> ProfileIndex:
+        index = self._indexes.get(version)
+        if index is None:
+            if self.config.profiles.local:
+                self._close_all()  # a local folder admits one open client: switch collections by reopening
+            index = self._indexes[version] = ProfileIndex(self.config.profiles, dim, version)
+        return index
+
+    def _close_all(self) -> None:
+        for index in self._indexes.values():
+            index.close()
+        self._indexes.clear()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
+@serve.ingress()
+class Api:
+    """The HTTP ingress (see :func:`create_api`)."""
+
+    def __init__(self, models: DeploymentHandle, matcher: DeploymentHandle, config: dict[str, Any]):
+        self.models = models
+        self.matcher = matcher
+        self.config = ServeConfig.model_validate(config)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_api(self.models, self.matcher, self.config)
+
+
+# ------------------------------------------------------------------------------------ HTTP API
+
+
+def http_error(err: Exception) -> HTTPException:
+    """The HTTP answer to an error raised by a deployment (see the module docstring)."""
+    cause = err.cause if isinstance(err, RayTaskError) else err
+    if isinstance(cause, UnknownSpaceError | UnknownModelError):
+        return HTTPException(status.HTTP_404_NOT_FOUND, str(cause))
+    if isinstance(cause, NoThresholdError):
+        return HTTPException(status.HTTP_409_CONFLICT, str(cause))
+    if isinstance(cause, ModelLoadError):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(cause))
+    if isinstance(cause, ValueError):
+        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(cause))
+    if isinstance(cause, RayActorError | BackPressureError | DeploymentUnavailableError):
+        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"temporarily unavailable, retry: {cause}")
+    logger.error("request failed", exc_info=cause)
+    return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"internal error ({type(cause).__name__})")
+
+
+async def answer(response: DeploymentResponse) -> Any:
+    """The result of a deployment call; its errors become HTTP errors."""
+    try:
+        return await response
+    except RequestCancelledError:
+        raise
+    except Exception as err:
+        raise http_error(err) from None
+
+
+def create_api(models: DeploymentHandle, matcher: DeploymentHandle, config: ServeConfig) -> FastAPI:
+    """The FastAPI application over the ``Models`` and ``Matcher`` deployments."""
+    bodies = request_models(config.limits, config.profiles.max_profiles_per_request)
+    EmbedRequest, RankRequest = bodies.EmbedRequest, bodies.RankRequest
+    NormalizeTitlesRequest, ExtractRequest = bodies.NormalizeTitlesRequest, bodies.ExtractRequest
+    MatchRequest, ProfilesRequest = bodies.MatchRequest, bodies.ProfilesRequest
+
+    api_key = read_api_key(config.api_key_env)
+    logger.info("API key %s", f"required (${config.api_key_env})" if api_key else "not configured")
+    app = FastAPI(
+        title="workembed",
+        summary="Work-domain text encoder over ESCO: embed, rank, extract skills, match profiles.",
+    )
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(api_key))] if api_key else [])
+
+    def model_handle(
+        selected: Annotated[
+            str | None,
+            Header(
+                alias=MODEL_HEADER,
+                description="Model version: a URI (models:/NAME/2), a version number or an alias of the "
+                "default model's registered name; absent: the default model.",
+            ),
+        ] = None,
+    ) -> DeploymentHandle:
+        try:
+            uri = multiplexed_uri(selected or "", config.model)
+        except UnknownModelError as err:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
+        return models if uri == config.model else models.options(multiplexed_model_id=uri)
+
+    Selected = Annotated[DeploymentHandle, Depends(model_handle)]
+
+    @app.get("/healthz", summary="Liveness (no API key needed).")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @v1.get("/models", summary="Served versions: the default (with its alias URI), multiplexed ones, errors.")
+    async def served_models() -> dict[str, Any]:
+        return await answer(models.describe.remote())
+
+    @v1.post("/embed", response_model=EmbedResponse, summary="Pooled (and token-level) embeddings.")
+    async def embed(body: EmbedRequest, handle: Selected) -> Any:
+        return await answer(handle.embed.remote(body.texts, body.tokens))
+
+    @v1.post("/rank", response_model=RankResponse, summary="The k best targets of a space per text.")
+    async def rank(body: RankRequest, handle: Selected) -> Any:
+        return await answer(handle.rank.remote(body.texts, body.space, body.k))
+
+    @v1.post(
+        "/normalize/title", response_model=NormalizeTitlesResponse, summary="Job titles → ESCO occupations."
+    )
+    async def normalize_title(body: NormalizeTitlesRequest, handle: Selected) -> Any:
+        return await answer(handle.normalize_titles.remote(body.titles, body.k))
+
+    @v1.post("/extract", response_model=ExtractResponse, summary="ESCO skills per sentence, with spans.")
+    async def extract(body: ExtractRequest, handle: Selected) -> Any:
+        return await answer(handle.extract.remote(sentences=body.sentences, text=body.text))
+
+    @v1.post("/match", response_model=MatchResponse, summary="The best indexed profiles for a project.")
+    async def match(body: MatchRequest, handle: Selected) -> Any:
+        embedded = await answer(handle.embed_documents.remote([body.sections or [body.document]]))
+        version = embedded["model"]
+        hits = await answer(matcher.search.remote(version, embedded["vectors"][0], body.k, body.filters))
+        return {"model": version, "results": hits}
+
+    @v1.post("/profiles", response_model=ProfilesResponse, summary="Insert or replace profiles.")
+    async def upsert_profiles(body: ProfilesRequest, handle: Selected) -> Any:
+        profiles = [profile.model_dump() for profile in body.profiles]
+        embedded = await answer(handle.embed_documents.remote([[profile["text"]] for profile in profiles]))
+        version = embedded["model"]
+        counts = await answer(matcher.upsert.remote(version, profiles, embedded["vectors"]))
+        return {"model": version, **counts}
+
+    app.include_router(v1)
+    return app
+
+
+# ------------------------------------------------------------------------------------ builder
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application builder: ``args`` are :class:`ServeConfig` fields (validated here)."""
+    config = ServeConfig.model_validate(args or {})
+    user_config = config.model_dump(mode="json")
+    models = Models.options(user_config=user_config).bind()
+    matcher_options: dict[str, Any] = {"user_config": user_config}
+    if config.profiles.local:
+        logger.info(
+            "profiles.qdrant_path is set: Qdrant local mode admits one process, so Matcher runs one replica"
+        )
+        matcher_options["num_replicas"] = 1
+    matcher = Matcher.options(**matcher_options).bind()
+    return Api.bind(models, matcher, user_config)
