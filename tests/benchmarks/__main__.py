@@ -16,6 +16,7 @@ from tests.benchmarks.common import save
 BENCHMARKS = {
     "encoder": "tests.benchmarks.bench_encoder",
     "ingest": "tests.benchmarks.bench_ingest",
+    "serve": "tests.benchmarks.bench_serve",
     "train": "tests.benchmarks.bench_train",
 }
 
