@@ -79,7 +79,9 @@ class BatchExtractConfig(Config):
         "~/.cache/workembed/serving", description="Target-space embeddings cache (shared with serving)."
     )
     device: str = Field("cpu", description="Torch device of the actors' encoders.")
-    runtime: str = Field("torch", pattern="^(torch|onnx)$", description="Encoder runtime: 'torch' or 'onnx'.")
+    runtime: str = Field(
+        "torch", pattern="^(torch|onnx|onnx-int8)$", description="Encoder runtime: torch, onnx or onnx-int8."
+    )
     batch_size: int = Field(32, ge=1, description="Ads per Ray Data batch.")
     concurrency: int = Field(1, ge=1, description="Extraction actors.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per actor.")

@@ -2,7 +2,6 @@
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,11 +113,22 @@ def test_target_embeddings_are_cached_on_disk_per_model(tiny_bert, tiny_config):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
 
 
-def test_onnx_runtime_without_its_module_is_a_clear_error(tiny_bert, tiny_config, monkeypatch):
-    monkeypatch.setitem(sys.modules, "workembed.models.onnx_encoder", None)  # the import fails
-    config = tiny_config.model_copy(update={"runtime": "onnx"})
-    with pytest.raises(ValueError, match="runtime 'onnx' needs workembed.models.onnx_encoder"):
-        ServedModel(str(tiny_bert), config)
+def test_onnx_runtime_ranks_and_extracts_like_torch(tiny_bert, tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # the ONNX export cache (~/.cache/workembed/onnx) stays here
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert, folder)
+    write_extraction_settings(folder, ExtractionSettings(threshold=0.2))
+    torch_model = ServedModel(str(folder), tiny_config)
+    onnx_model = ServedModel(str(folder), tiny_config.model_copy(update={"runtime": "onnx", "threads": 1}))
+    assert type(onnx_model.encoder).__name__ == "OnnxEncoder" and onnx_model.info["runtime"] == "onnx"
+    texts = ["python developer", "registered nurse on a ward"]
+    ours, theirs = torch_model.rank(texts, "langs", 3), onnx_model.rank(texts, "langs", 3)
+    assert [[hit["id"] for hit in row] for row in ours] == [[hit["id"] for hit in row] for row in theirs]
+    for mine, other in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose([h["score"] for h in mine], [h["score"] for h in other], atol=1e-4)
+    sentences = ["You write Python code.", "Care for patients at night."]
+    strip = lambda rows: [[(skill["id"], skill["spans"]) for skill in row] for row in rows]  # noqa: E731
+    assert strip(onnx_model.extract(sentences)) == strip(torch_model.extract(sentences))
 
 
 def test_mlflow_uri_without_tracking_server_is_a_clear_error(tiny_config):

@@ -57,18 +57,27 @@ def pin_model(uri: str, tracking_uri: str | None) -> tuple[str, Path]:
 
 
 def load_encoder(path: Path, config: ServeConfig) -> Encoder:
-    """The encoder of the model folder ``path`` in the configured runtime."""
-    if config.runtime == "onnx":
-        try:
-            from workembed.models.onnx_encoder import OnnxEncoder
-        except ImportError as err:
-            raise ValueError(
-                f"runtime 'onnx' needs workembed.models.onnx_encoder, which cannot be imported ({err}): "
-                "use runtime 'torch'"
-            ) from None
-        return OnnxEncoder(path, max_length=config.max_length, batch_size=config.batch_size)
+    """The encoder of the model folder ``path`` in the configured runtime (and thread count)."""
+    if config.threads is not None:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=config.threads)  # BLAS of the scoring, for the whole process
+    if config.runtime in ("onnx", "onnx-int8"):
+        from workembed.models.onnx_encoder import OnnxEncoder
+
+        return OnnxEncoder(
+            path,
+            max_length=config.max_length,
+            batch_size=config.batch_size,
+            quantize=config.runtime == "onnx-int8",
+            threads=config.threads,
+        )
+    import torch
+
     from workembed.models import Encoder
 
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     return Encoder(path, max_length=config.max_length, batch_size=config.batch_size, device=config.device)
 
 
