@@ -24,12 +24,18 @@ class RegisterStageConfig(RegistryConfig):
     run_id: str | None = Field(
         None, description="Or: the MLflow training run whose 'model' artifact is registered."
     )
+    run_name: str | None = Field(
+        None,
+        description="Or: the training run's name (the train stage's run_name; its latest MLflow run in "
+        "training_experiment is registered), how a pipeline on a remote cluster names its model.",
+    )
+    training_experiment: str = Field("workembed-train", description="MLflow experiment of the training runs.")
     report: str | None = Field(None, description="Evaluation report file logged with the version.")
 
     @model_validator(mode="after")
     def _one_source(self) -> RegisterStageConfig:
-        if (self.model_dir is None) == (self.run_id is None):
-            raise ValueError("give exactly one of model_dir and run_id")
+        if sum(value is not None for value in (self.model_dir, self.run_id, self.run_name)) != 1:
+            raise ValueError("give exactly one of model_dir, run_id and run_name")
         return self
 
 
@@ -47,7 +53,22 @@ def run_register(config: RegisterStageConfig, log: Log | None = None) -> dict[st
     from workembed.registry.register import register_model
 
     model_dir = resolve_data_path(config.model_dir) if config.model_dir else None
-    return register_model(config, model_dir=model_dir, run_id=config.run_id, report=config.report, log=log)
+    run_id = config.run_id
+    if config.run_name is not None:
+        from mlflow import MlflowClient
+
+        from workembed.registry.lineage import training_run
+
+        client = MlflowClient(tracking_uri=config.tracking_uri)
+        info = {
+            "training": {"run_name": config.run_name, "tracking": {"experiment": config.training_experiment}}
+        }
+        run_id = training_run(client, info, None)
+        if run_id is None:
+            raise ValueError(
+                f"no MLflow run named '{config.run_name}' in experiment '{config.training_experiment}'"
+            )
+    return register_model(config, model_dir=model_dir, run_id=run_id, report=config.report, log=log)
 
 
 def run_promote(config: PromoteStageConfig, log: Log | None = None) -> dict[str, Any]:
