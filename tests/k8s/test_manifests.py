@@ -17,7 +17,8 @@ import yaml
 from workembed.deploy import k8s
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMAS = ROOT / k8s.KUBERAY_SCHEMAS
+SHARED_SCHEMAS = ROOT / k8s.KUBERAY_SCHEMAS
+BUNDLED_SCHEMAS = ROOT / k8s.BUNDLED_SCHEMAS
 OVERLAYS = {overlay.name: ROOT / overlay for overlay in k8s.OVERLAYS}
 
 
@@ -31,9 +32,15 @@ def kubectl() -> str:
 
 @pytest.fixture(scope="module")
 def schemas():
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {SCHEMAS}")
-    return k8s.kuberay_schemas(SCHEMAS)
+    """The CRD schemas of ../shared when present, else the bundled copy (the same documents)."""
+    return k8s.kuberay_schemas(SHARED_SCHEMAS if SHARED_SCHEMAS.is_dir() else BUNDLED_SCHEMAS)
+
+
+def test_bundled_schemas_equal_the_shared_crds():
+    if not SHARED_SCHEMAS.is_dir():
+        pytest.skip(f"no {SHARED_SCHEMAS} to compare the bundle with")
+    assert k8s.crd_documents(BUNDLED_SCHEMAS) == [doc for doc in k8s.crd_documents(SHARED_SCHEMAS) if doc]
+    assert k8s.kuberay_schemas(BUNDLED_SCHEMAS) == k8s.kuberay_schemas(SHARED_SCHEMAS)
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,8 @@ RAYSERVICE_MANIFEST = Path("k8s/base/rayservice.yaml")
 OVERLAYS = (Path("k8s/overlays/local"), Path("k8s/overlays/gpu"))
 DOCKERFILE = Path("k8s/Dockerfile")
 KUBERAY_SCHEMAS = Path("../shared/k8s-schemas/kuberay")
+BUNDLED_SCHEMAS = Path("k8s/schemas/kuberay-crds.json.gz")
+"""The same CRDs bundled with the project (a gzipped JSON list), used when ``KUBERAY_SCHEMAS`` is absent."""
 KUBERNETES_VERSION = "1.32"
 """Kubernetes version whose built-in schemas the manifests are validated against."""
 
@@ -291,23 +293,40 @@ def _with_origin(doc: dict[str, Any], wrapper: Path) -> Manifest:
 # ------------------------------------------------------------------------------------------ validation
 
 
-def kuberay_schemas(schema_dir: Path = KUBERAY_SCHEMAS) -> dict[tuple[str, str], dict[str, Any]]:
-    """``(apiVersion, kind)`` → the strict ``openAPIV3Schema`` of every served version of every
-    CustomResourceDefinition in ``schema_dir``."""
-    files = sorted(schema_dir.glob("*.yaml"))
+def default_schema_source() -> Path:
+    """``KUBERAY_SCHEMAS`` when that folder exists, else the bundled copy."""
+    return KUBERAY_SCHEMAS if KUBERAY_SCHEMAS.is_dir() else BUNDLED_SCHEMAS
+
+
+def crd_documents(source: Path) -> list[dict[str, Any]]:
+    """The CustomResourceDefinitions in ``source``: a folder of ``*.yaml`` files or a ``.json.gz`` bundle."""
+    if source.is_file() and source.name.endswith(".json.gz"):
+        import gzip
+        import json
+
+        return json.loads(gzip.decompress(source.read_bytes()))
+    files = sorted(source.glob("*.yaml")) if source.is_dir() else []
     if not files:
-        raise ManifestError(f"no CustomResourceDefinitions (*.yaml) in {schema_dir}")
+        raise ManifestError(f"no CustomResourceDefinitions (*.yaml) in {source}")
+    return [
+        doc for path in files for doc in yaml.load_all(path.read_text(encoding="utf-8"), Loader=_FAST_LOADER)
+    ]
+
+
+def kuberay_schemas(schema_dir: Path | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(apiVersion, kind)`` → the strict ``openAPIV3Schema`` of every served version of every
+    CustomResourceDefinition in ``schema_dir`` (a folder of CRD YAML files or the bundle; default:
+    :func:`default_schema_source`)."""
     schemas: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in files:
-        for crd in yaml.load_all(path.read_text(encoding="utf-8"), Loader=_FAST_LOADER):
-            if not crd or crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                if version.get("served", True):
-                    schemas[(f"{group}/{version['name']}", kind)] = strict_schema(
-                        version["schema"]["openAPIV3Schema"]
-                    )
+    for crd in crd_documents(schema_dir or default_schema_source()):
+        if not crd or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if version.get("served", True):
+                schemas[(f"{group}/{version['name']}", kind)] = strict_schema(
+                    version["schema"]["openAPIV3Schema"]
+                )
     return schemas
 
 
@@ -406,7 +425,7 @@ def _short(message: str, limit: int = 300) -> str:
 
 def validate(
     overlays: Sequence[Path] = OVERLAYS,
-    schema_dir: Path = KUBERAY_SCHEMAS,
+    schema_dir: Path | None = None,
     dockerfile: Path = DOCKERFILE,
     kubernetes_version: str = KUBERNETES_VERSION,
     kubectl: str | None = None,
@@ -441,7 +460,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--overlay", type=Path, action="append", help="kustomization to validate (repeatable)"
     )
-    parser.add_argument("--schemas", type=Path, default=KUBERAY_SCHEMAS, help="folder of KubeRay CRDs")
+    parser.add_argument(
+        "--schemas",
+        type=Path,
+        default=None,
+        help=f"folder of KubeRay CRD files or a .json.gz bundle (default: {KUBERAY_SCHEMAS} when present, "
+        f"else {BUNDLED_SCHEMAS})",
+    )
     parser.add_argument("--dockerfile", type=Path, default=DOCKERFILE, help="image definition")
     parser.add_argument("--kubernetes-version", default=KUBERNETES_VERSION, help="of the built-in schemas")
     args = parser.parse_args(argv)
