@@ -134,3 +134,26 @@ class WorkerKiller(threading.Thread):
                     self.killed_pid = workers[-1]
                     return
             time.sleep(0.2)
+
+
+def test_edges_written_by_a_test_model_are_never_trained_on(ray_session, tmp_path, tiny_bert):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workembed.data.graph import EDGE_SCHEMA
+    from workembed.train.trainer import edges_dataset
+
+    rows = [
+        ("skill-sentence", "s1", "You write Python.", "py", "Python", 1.0, "vacancy"),
+        ("skill-sentence", "s2", "You write Java.", "java", "Java", 1.0, "synthetic"),
+        ("skill-sentence", "s3", "zx qq", "py", "Python", 1.0, "synthetic-test"),
+    ]
+    table = pa.Table.from_pylist(
+        [dict(zip(EDGE_SCHEMA.names, row, strict=True)) for row in rows], EDGE_SCHEMA
+    )
+    pq.write_table(table, tmp_path / "edges.parquet")
+    config = make_config(
+        tmp_path, tiny_bert, "filter", data={"esco": None, "edges": [str(tmp_path / "edges.parquet")]}
+    )
+    kept = edges_dataset(config).take_all()
+    assert sorted(row["left_id"] for row in kept) == ["s1", "s2"]

@@ -39,6 +39,8 @@ EDGE_SCHEMA = pa.schema(
     ]
 )
 ESCO, VACANCY = "esco", "vacancy"
+SYNTHETIC, SYNTHETIC_TEST = "synthetic", "synthetic-test"
+"""Origins of LLM-written edges; ``synthetic-test`` marks a test model's output, never trained on."""
 
 
 def _edge(task, left_id, left_text, right_id, right_text, weight, origin) -> dict:

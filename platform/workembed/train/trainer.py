@@ -119,11 +119,12 @@ def held_out_concepts(config: TrainConfig) -> frozenset[str]:
 
 
 def edges_dataset(config: TrainConfig):
-    """The training edges as one Ray Data dataset: Parquet ``edges`` and/or ESCO-only edges."""
+    """The training edges as one Ray Data dataset: Parquet ``edges`` and/or ESCO-only edges; edges written by
+    a test model (origin ``synthetic-test``) are never trained on."""
     import ray.data
 
     from workembed.data.config import GraphConfig
-    from workembed.data.graph import EDGE_SCHEMA, esco_edges_table
+    from workembed.data.graph import EDGE_SCHEMA, SYNTHETIC_TEST, esco_edges_table
     from workembed.data.storage import filesystem_for, strip_scheme
     from workembed.taxonomy import EscoConfig, load_esco_config
 
@@ -133,7 +134,9 @@ def edges_dataset(config: TrainConfig):
         filesystem = filesystem_for(resolved, config.storage)
         path = strip_scheme(resolved) if resolved.startswith("s3://") else resolved
         parts.append(
-            ray.data.read_parquet(path, filesystem=filesystem, schema=EDGE_SCHEMA, columns=EDGE_SCHEMA.names)
+            ray.data.read_parquet(
+                path, filesystem=filesystem, schema=EDGE_SCHEMA, columns=EDGE_SCHEMA.names
+            ).filter(expr=f"origin != '{SYNTHETIC_TEST}'")
         )
     if config.data.esco is not None:
         taxonomy = load_esco_config(EscoConfig(location=config.data.esco))
