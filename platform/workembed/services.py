@@ -34,7 +34,9 @@ S3_REGION = "us-east-1"
 
 
 class RayHeadConfig(Config):
-    enabled: bool = True
+    """The local Ray head (dashboard, Jobs API, GCS)."""
+
+    enabled: bool = Field(True, description="Start the Ray head.")
     port: int = Field(6379, description="GCS port of the head node.")
     dashboard_port: int = Field(8265, description="Dashboard and Jobs API port (ray job submit --address).")
     client_port: int = Field(10001, description="Ray Client port (ray://127.0.0.1:PORT).")
@@ -45,7 +47,9 @@ class RayHeadConfig(Config):
 
 
 class MlflowServerConfig(Config):
-    enabled: bool = True
+    """The local MLflow tracking server (SQLite store)."""
+
+    enabled: bool = Field(True, description="Start the MLflow server.")
     port: int = Field(5000, description="Tracking server port (MLFLOW_TRACKING_URI=http://127.0.0.1:PORT).")
     artifacts: str = Field(
         "s3",
@@ -62,7 +66,9 @@ class MlflowServerConfig(Config):
 
 
 class S3ServerConfig(Config):
-    enabled: bool = True
+    """The local S3-compatible server (moto)."""
+
+    enabled: bool = Field(True, description="Start the S3 server.")
     port: int = Field(9000, description="S3-compatible server port (AWS_ENDPOINT_URL=http://127.0.0.1:PORT).")
     buckets: list[str] = Field(default_factory=lambda: ["workembed"], description="Buckets created at start.")
 

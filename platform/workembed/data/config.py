@@ -30,10 +30,10 @@ class SourceConfig(Config):
     paths: list[str] = Field(
         ..., min_length=1, description="Files or folders (data-root relative, or s3://)."
     )
-    format: Literal["jsonl", "csv", "parquet"]
+    format: Literal["jsonl", "csv", "parquet"] = Field(description="File format of every path of the source.")
     columns: ColumnMap
     language: str | None = Field(None, description="ISO 639-1 code of every ad; null: detected per ad.")
-    csv_delimiter: str = Field(",", min_length=1, max_length=1)
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files.")
 
 
 class StorageConfig(Config):
@@ -46,11 +46,15 @@ class StorageConfig(Config):
 
 
 class ValidationConfig(Config):
+    """Quarantine rules: what makes a record unusable."""
+
     max_record_bytes: int = Field(1_000_000, gt=0, description="Records larger than this are quarantined.")
     min_description_chars: int = Field(30, ge=1, description="Shorter descriptions count as no usable text.")
 
 
 class SegmentConfig(Config):
+    """Sentence segmentation and language detection."""
+
     min_chars: int = Field(12, ge=1, description="Shorter fragments are not sentences.")
     max_chars: int = Field(600, ge=20, description="Longer sentences are split at whitespace.")
     detect_languages: list[str] = Field(
@@ -60,6 +64,8 @@ class SegmentConfig(Config):
 
 
 class DedupeConfig(Config):
+    """Exact and near-duplicate removal of ads and exact removal of sentences."""
+
     near: bool = Field(True, description="Remove near-duplicate ads (MinHash LSH) besides exact ones.")
     threshold: float = Field(
         0.85, gt=0, le=1, description="Jaccard similarity above which ads are duplicates."
@@ -70,16 +76,20 @@ class DedupeConfig(Config):
 
 
 class EncoderConfig(Config):
+    """The encoder of dense grounding."""
+
     model: str = Field("minilm", description="Encoder for dense grounding ('minilm' or a model directory).")
     languages: list[str] = Field(
         default_factory=lambda: ["en"], description="Languages the encoder supports."
     )
-    batch_size: int = Field(64, ge=1)
-    max_length: int = Field(128, ge=8)
+    batch_size: int = Field(64, ge=1, description="Texts per encoder forward pass.")
+    max_length: int = Field(128, ge=8, description="Tokens per text; longer texts are truncated.")
     device: str = Field("cpu", description="torch device of the grounding actors ('cuda' on GPU workers).")
 
 
 class GroundConfig(Config):
+    """Grounding of sentences and titles to ESCO: lexical label matches and dense nearest labels."""
+
     lexical: bool = Field(True, description="Match ESCO preferred/alt labels in sentences.")
     dense: bool = Field(True, description="Match sentence/title embeddings against ESCO label embeddings.")
     dense_sentences: bool = Field(
@@ -107,6 +117,8 @@ class GroundConfig(Config):
 
 
 class GraphConfig(Config):
+    """How grounded ads and ESCO relations become training edges."""
+
     essential_weight: float = Field(1.0, description="Weight of an essential occupation–skill edge.")
     optional_weight: float = Field(0.5, description="Weight of an optional occupation–skill edge.")
     unspecified_weight: float = Field(0.75, description="Weight when the source does not say which.")
@@ -114,6 +126,8 @@ class GraphConfig(Config):
 
 
 class RayConfig(Config):
+    """The Ray cluster a job joins or starts."""
+
     address: str | None = Field(None, description="Cluster to join; null: $RAY_ADDRESS or a new local one.")
     num_cpus: int | None = Field(4, ge=1, description="Logical CPUs of a new local instance.")
 

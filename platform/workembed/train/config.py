@@ -90,7 +90,7 @@ class OptimConfig(Config):
     """AdamW with warm-up then linear decay (or constant)."""
 
     lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     warmup_steps: int = Field(10, ge=0, description="Linear warm-up from 0 to `lr` over these steps.")
     schedule: Literal["linear", "constant"] = Field(
