@@ -1,6 +1,6 @@
 """The Serve application end to end: serve/config.yaml deployed on a local Serve with versions registered
-in a real MLflow server; every route, validation, auth, multiplexing, live reconfiguration, an alias move
-under load."""
+in a real MLflow server; every route, validation, auth, multiplexing by the proxy's header, live
+reconfiguration (models, batching and the HTTP API's limits), an alias move under load."""
 
 import copy
 import threading
@@ -184,6 +184,26 @@ def test_a_batch_of_mixed_calls_answers_each_call_as_alone(tiny_bert, tmp_path):
                 assert [t["token"] for t in result[0]["tokens"]] == ["python", "developer"]
 
 
+def test_the_live_api_hands_requests_to_the_app_set_last():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from workembed.serving.app import LiveApi
+
+    def answering(name: str) -> FastAPI:
+        app = FastAPI()
+        app.get("/which")(lambda: {"app": name})
+        return app
+
+    live = LiveApi()
+    live.api = answering("first")
+    with TestClient(live) as client:  # the lifespan's startup and shutdown are answered by LiveApi
+        assert client.get("/which").json() == {"app": "first"}
+        live.api = answering("second")
+        assert client.get("/which").json() == {"app": "second"}
+        assert client.get("/nowhere").status_code == 404
+
+
 def replica_states() -> dict[str, dict]:
     from ray import serve
 
@@ -308,6 +328,8 @@ def test_multiplexed_versions_are_selected_by_header(served):
         answer = served.post("/v1/embed", texts, model=model).json()
         assert answer["model"] == served.version(version)
         assert len(answer["embeddings"][0]["embedding"]) == (384 if version == 1 else 32)
+    hyphenated = served.post("/v1/embed", texts, headers={"serve-multiplexed-model-id": "2"}).json()
+    assert hyphenated["model"] == served.version(2)  # the proxy reads either spelling of the header
     described = served.models()
     assert described["default"]["uri"] == f"models:/{served.name}@champion"
     assert described["default"]["version"] == served.version(1)
@@ -366,7 +388,7 @@ def test_profiles_are_upserted_and_matched_with_filters(served, minilm):
 
 def test_bad_requests_leave_the_replicas_running(served):
     before, states = served.models(), replica_states()
-    assert states == {name: {"RUNNING": 1} for name in ("Models", "Matcher", "Api")}
+    assert states == {name: {"RUNNING": 1} for name in ("Models", "Matcher")}  # Models is the ingress
     bad = [
         served.call("POST", "/v1/rank", data="[[[", headers=JSON),
         served.post("/v1/rank", {"texts": ["x" * 100_000], "space": "esco-skills"}),
@@ -385,21 +407,33 @@ def test_bad_requests_leave_the_replicas_running(served):
 def test_a_changed_user_config_applies_without_a_restart(served):
     before = served.models()
     assert before["default"]["alias_poll_s"] == 0.5
+    three = {"texts": ["Python", "Java", "SQL"]}
+    assert served.post("/v1/embed", three).status_code == 200
     document = copy.deepcopy(served.document)
     app = document["applications"][0]
     changed = {
         **app["args"],
         "alias_poll_s": 0.75,
         "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        "limits": {**app["args"]["limits"], "max_items": 2},
     }
     models_entry = next(entry for entry in app["deployments"] if entry["name"] == "Models")
     models_entry["user_config"] = changed
     deploy(document)
+
+    def applied() -> bool:
+        polls = served.models()["default"]["alias_poll_s"]
+        return polls == 0.75 and served.post("/v1/embed", three).status_code == 422
+
     deadline = time.monotonic() + 60
-    while served.models()["default"]["alias_poll_s"] != 0.75 and time.monotonic() < deadline:
+    while not applied() and time.monotonic() < deadline:
         time.sleep(0.2)
     after = served.models()
     assert after["default"]["alias_poll_s"] == 0.75
+    refused = served.post("/v1/embed", three)  # the HTTP API is rebuilt with the new limits
+    assert refused.status_code == 422
+    assert [problem["loc"] for problem in refused.json()["detail"]] == [["body", "texts"]]
+    assert served.post("/v1/embed", {"texts": ["Python", "Java"]}).status_code == 200
     assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])  # reconfigured in place
     assert after["default"]["loaded_at"] == before["default"]["loaded_at"]  # nothing it depends on changed
     served.document = document

@@ -164,7 +164,7 @@ def test_tracking_uri_falls_back_to_the_environment(monkeypatch):
         ({"spaces": {"esco-skills": {"path": "a.tsv"}}}, "spaces", "'esco-skills' is a built-in space"),
         ({"spaces": {"my space": {"path": "a.tsv"}}}, "spaces", "space name 'my space' must be"),
         ({"spaces": {"s": {"path": "a.csv"}}}, "spaces.s.path", "'a.csv' must end in .tsv or .jsonl"),
-        ({"runtime": "tensorrt"}, "runtime", "Input should be 'torch' or 'onnx'"),
+        ({"runtime": "tensorrt"}, "runtime", "Input should be 'torch', 'onnx' or 'onnx-int8'"),
         ({"api_key_env": "API KEY"}, "api_key_env", "'API KEY' is not an environment variable name"),
         (
             {"batching": {"batch_wait_timeout_s": -1}},

@@ -1,20 +1,24 @@
-"""The Ray Serve application: a FastAPI ingress over a model server and a profile matcher.
+"""The Ray Serve application: a model server that is its own FastAPI ingress, and a profile matcher.
 
-:func:`build_app` (``import_path: workembed.serving.app:build_app`` in ``serve/config.yaml``) builds three
+:func:`build_app` (``import_path: workembed.serving.app:build_app`` in ``serve/config.yaml``) builds two
 deployments from a :class:`~workembed.serving.config.ServeConfig` (the application's ``args``):
 
-- ``Models``, the model server: holds the default model (``model``; an alias URI is re-resolved every
-  ``alias_poll_s`` and a new version swaps in without a failed request, see
+- ``Models`` (:class:`ModelServer`), the HTTP ingress and model server: the Serve proxy hands a request
+  straight to one of its replicas. A replica holds the default model (``model``; an alias URI is re-resolved
+  every ``alias_poll_s`` and a new version swaps in without a failed request, see
   :mod:`~workembed.serving.versions`) and, with Serve model multiplexing, up to ``max_models_per_replica``
-  other versions selected by the ``serve_multiplexed_model_id`` header (a URI, a version number or an
-  alias name; absent: the default). The encoder work of concurrent requests is batched
-  (``@serve.batch``): one encoder pass per model, operation and target space for all requests in a batch.
+  other versions selected by the ``serve_multiplexed_model_id`` header (a URI, a version number or an alias
+  name; absent: the default). The header's value is the request's multiplexed model id: the proxy prefers a
+  replica that holds it, and the replica loads it when it does not (two spellings of one version, ``2`` and
+  ``models:/NAME/2``, are held apart). The encoder work of concurrent requests is batched (``@serve.batch``):
+  one encoder pass per model, operation and target space for all requests in a batch. OpenAPI documentation
+  at ``/docs``.
 - ``Matcher``: the profile index (:class:`~workembed.serving.profiles.ProfileIndex`, one collection per
-  model version). Qdrant local mode allows one process, so with ``profiles.qdrant_path`` it runs one replica.
-- ``Api``: the FastAPI ingress; OpenAPI documentation at ``/docs``.
+  model version), called by handle for ``/v1/match`` and ``/v1/profiles`` only. Qdrant local mode allows one
+  process, so with ``profiles.qdrant_path`` it runs one replica.
 
-``Models`` and ``Matcher`` receive the config as ``user_config``: a changed config (``serve deploy`` of an
-edited file, a RayService update) is applied by their ``reconfigure`` without a restart.
+Both receive the config as ``user_config`` and apply a changed one in ``reconfigure`` without a restart
+(``Models`` also rebuilds its HTTP API from it: request limits, API key).
 
 Routes (``/v1`` ones need the ``X-API-Key`` header when an API key is configured, see
 :mod:`~workembed.serving.auth`): ``POST /v1/embed``, ``/v1/rank``, ``/v1/normalize/title``,
@@ -27,9 +31,9 @@ has no calibrated threshold, 503 a model version that cannot be loaded; an error
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, status
@@ -37,7 +41,8 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle
+from starlette.types import Receive, Scope, Send
 
 from workembed.eval.scoring import l2_normalize
 from workembed.serving.auth import read_api_key, require_api_key
@@ -65,6 +70,7 @@ logger = logging.getLogger("ray.serve")
 MODEL_HEADER = "serve_multiplexed_model_id"
 """Serve's multiplexing header: which model version answers a request."""
 OCCUPATIONS = "esco-occupations"
+T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------ batching
 
@@ -127,20 +133,42 @@ def _run_group(calls: Sequence[EncoderCall]) -> list[Any]:
 # -------------------------------------------------------------------------------- deployments
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
-class Models:
-    """The model server: the default model and multiplexed versions, batched encoder calls."""
+class LiveApi:
+    """The ASGI app of a ``Models`` replica: each HTTP request goes to :attr:`api`, the FastAPI app of the
+    replica's current config, which ``reconfigure`` replaces (requests in flight finish in the old one). The
+    lifespan protocol is answered here: there is nothing to start or stop."""
 
     def __init__(self) -> None:
+        self.api: FastAPI | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await self.api(scope, receive, send)
+
+
+class ModelServer:
+    """The ``Models`` deployment: the HTTP ingress and model server, with the default model, multiplexed
+    versions and batched encoder calls (see the module docstring)."""
+
+    def __init__(self, matcher: DeploymentHandle) -> None:
+        self.matcher = matcher
         self.config: ServeConfig | None = None
         self.default: ModelHolder | None = None
         self.versions: dict[str, ModelHolder] = {}
+        self.http = LiveApi()
         self._load_version = None
 
+    def __serve_build_asgi_app__(self) -> LiveApi:
+        return self.http
+
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply the config: batching at once; the default model is loaded at the first call and reloaded
-        when a field it depends on changes (on a failure a running replica keeps its model and reports the
-        error); ``max_models_per_replica`` applies to replicas started after a change."""
+        """Apply the config: batching and the HTTP API at once; the default model is loaded at the first call
+        and reloaded when a field it depends on changes (on a failure a running replica keeps its model and
+        reports the error); ``max_models_per_replica`` applies to replicas started after a change."""
         config = ServeConfig.model_validate(user_config)
         self._encode.set_max_batch_size(config.batching.max_batch_size)
         self._encode.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
@@ -171,26 +199,27 @@ class Models:
                 config.max_models_per_replica,
             )
         self.config = config
+        self.http.api = create_api(self, self.matcher, config)
 
     def _version_loader(self):
-        async def load_version(uri: str) -> ModelHolder:
-            holder = ModelHolder(uri, self.config)
+        async def load_version(model_id: str) -> ModelHolder:
+            holder = ModelHolder(multiplexed_uri(model_id, self.default.uri), self.config)
             await holder.start()
-            self.versions[uri] = holder
+            self.versions[model_id] = holder
             return holder
 
         return load_version
 
     def _live_versions(self) -> list[ModelHolder]:
-        self.versions = {uri: holder for uri, holder in self.versions.items() if not holder.closed}
+        self.versions = {key: holder for key, holder in self.versions.items() if not holder.closed}
         return list(self.versions.values())
 
-    async def _served(self) -> ServedModel:
-        """The model version the request selects (its multiplexed model id; none: the default)."""
-        uri = multiplexed_uri(serve.get_multiplexed_model_id(), self.default.uri)
-        if uri == self.default.uri:
+    async def served(self) -> ServedModel:
+        """The model version the request selects: its multiplexed model id (none: the default)."""
+        model_id = serve.get_multiplexed_model_id()
+        if multiplexed_uri(model_id, self.default.uri) == self.default.uri:
             return self.default.model
-        holder = await self._load_version(uri)
+        holder = await self._load_version(model_id)
         return holder.model
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -198,48 +227,23 @@ class Models:
         """Batched encoder work (see :func:`run_batch`), off the event loop."""
         return await asyncio.to_thread(run_batch, calls)
 
-    async def _submit(self, call: EncoderCall) -> Any:
+    async def submit(self, call: EncoderCall) -> Any:
+        """The result of ``call``, batched with the encoder work of concurrent requests."""
         result = await self._encode(call)
         if isinstance(result, Exception):
             raise result
         return result
 
-    async def embed(self, texts: list[str], tokens: bool = False) -> dict[str, Any]:
-        model = await self._served()
-        embeddings = await self._submit(EncoderCall(model, "embed", tuple(texts), tokens=tokens))
-        return {"model": model.version, "embeddings": embeddings}
-
-    async def rank(self, texts: list[str], space: str, k: int) -> dict[str, Any]:
-        model = await self._served()
-        results = await self._submit(EncoderCall(model, "rank", tuple(texts), space=space, k=k))
-        return {"model": model.version, "space": space, "results": results}
-
-    async def normalize_titles(self, titles: list[str], k: int) -> dict[str, Any]:
-        model = await self._served()
-        results = await self._submit(EncoderCall(model, "rank", tuple(titles), space=OCCUPATIONS, k=k))
-        return {"model": model.version, "results": results}
-
-    async def extract(self, sentences: list[str] | None = None, text: str | None = None) -> dict[str, Any]:
-        """Skills of a job ad (``text``, segmented) or of ``sentences`` (each on its own)."""
-        model = await self._served()
-        if text is not None:
-            found = await self._submit(EncoderCall(model, "extract_ad", (text,)))
-        else:
-            skills = await self._submit(EncoderCall(model, "extract", tuple(sentences or ())))
-            found = [{"sentence": s, "skills": sk} for s, sk in zip(sentences or (), skills, strict=True)]
-        return {"model": model.version, "threshold": model.settings.threshold, "sentences": found}
-
-    async def embed_documents(self, documents: list[list[str]]) -> dict[str, Any]:
+    async def embed_documents(self, model: ServedModel, documents: list[list[str]]) -> list[list[float]]:
         """One vector per document: the L2-normalised mean of its parts' pooled embeddings."""
-        model = await self._served()
         parts = tuple(text for document in documents for text in document)
-        embedded = await self._submit(EncoderCall(model, "embed", parts))
+        embedded = await self.submit(EncoderCall(model, "embed", parts))
         vectors = np.asarray([item["embedding"] for item in embedded], dtype=np.float32)
         bounds = np.cumsum([0] + [len(document) for document in documents])
         means = np.stack([vectors[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-        return {"model": model.version, "vectors": l2_normalize(means).tolist()}
+        return l2_normalize(means).tolist()
 
-    async def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What this replica serves: the default model, the multiplexed versions loaded, the spaces."""
         return {
             "replica": serve.get_replica_context().replica_id.unique_id,
@@ -248,6 +252,11 @@ class Models:
             "multiplexed": [holder.status() for holder in self._live_versions()],
             "spaces": self.default.model.spaces(),
         }
+
+
+Models = serve.deployment(name="Models", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)(
+    serve.ingress()(ModelServer)
+)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
@@ -301,25 +310,11 @@ class Matcher:
         self._indexes.clear()
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=128)
-@serve.ingress()
-class Api:
-    """The HTTP ingress (see :func:`create_api`)."""
-
-    def __init__(self, models: DeploymentHandle, matcher: DeploymentHandle, config: dict[str, Any]):
-        self.models = models
-        self.matcher = matcher
-        self.config = ServeConfig.model_validate(config)
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_api(self.models, self.matcher, self.config)
-
-
 # ------------------------------------------------------------------------------------ HTTP API
 
 
 def http_error(err: Exception) -> HTTPException:
-    """The HTTP answer to an error raised by a deployment (see the module docstring)."""
+    """The HTTP answer to an error of the model server or the matcher (see the module docstring)."""
     cause = err.cause if isinstance(err, RayTaskError) else err
     if isinstance(cause, UnknownSpaceError | UnknownModelError):
         return HTTPException(status.HTTP_404_NOT_FOUND, str(cause))
@@ -335,18 +330,19 @@ def http_error(err: Exception) -> HTTPException:
     return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"internal error ({type(cause).__name__})")
 
 
-async def answer(response: DeploymentResponse) -> Any:
-    """The result of a deployment call; its errors become HTTP errors."""
+async def answer(pending: Awaitable[T]) -> T:
+    """The result of ``pending`` (work in this replica or a call to the matcher); its errors become HTTP
+    errors."""
     try:
-        return await response
+        return await pending
     except RequestCancelledError:
         raise
     except Exception as err:
         raise http_error(err) from None
 
 
-def create_api(models: DeploymentHandle, matcher: DeploymentHandle, config: ServeConfig) -> FastAPI:
-    """The FastAPI application over the ``Models`` and ``Matcher`` deployments."""
+def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConfig) -> FastAPI:
+    """The FastAPI application of a ``Models`` replica (``server``) with ``config``'s limits and API key."""
     bodies = request_models(config.limits, config.profiles.max_profiles_per_request)
     EmbedRequest, RankRequest = bodies.EmbedRequest, bodies.RankRequest
     NormalizeTitlesRequest, ExtractRequest = bodies.NormalizeTitlesRequest, bodies.ExtractRequest
@@ -360,8 +356,8 @@ def create_api(models: DeploymentHandle, matcher: DeploymentHandle, config: Serv
     )
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(api_key))] if api_key else [])
 
-    def model_handle(
-        selected: Annotated[
+    async def selected_model(
+        header: Annotated[
             str | None,
             Header(
                 alias=MODEL_HEADER,
@@ -369,14 +365,15 @@ def create_api(models: DeploymentHandle, matcher: DeploymentHandle, config: Serv
                 "default model's registered name; absent: the default model.",
             ),
         ] = None,
-    ) -> DeploymentHandle:
-        try:
-            uri = multiplexed_uri(selected or "", config.model)
-        except UnknownModelError as err:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from None
-        return models if uri == config.model else models.options(multiplexed_model_id=uri)
+    ) -> ServedModel:
+        """The version the request selects. Serve's proxy reads the header (``header`` documents it) into the
+        request's multiplexed model id, from which :meth:`ModelServer.served` selects."""
+        return await answer(server.served())
 
-    Selected = Annotated[DeploymentHandle, Depends(model_handle)]
+    Selected = Annotated[ServedModel, Depends(selected_model)]
+
+    async def encode(call: EncoderCall) -> Any:
+        return await answer(server.submit(call))
 
     @app.get("/healthz", summary="Liveness (no API key needed).")
     async def healthz() -> dict[str, str]:
@@ -384,40 +381,46 @@ def create_api(models: DeploymentHandle, matcher: DeploymentHandle, config: Serv
 
     @v1.get("/models", summary="Served versions: the default (with its alias URI), multiplexed ones, errors.")
     async def served_models() -> dict[str, Any]:
-        return await answer(models.describe.remote())
+        return server.describe()
 
     @v1.post("/embed", response_model=EmbedResponse, summary="Pooled (and token-level) embeddings.")
-    async def embed(body: EmbedRequest, handle: Selected) -> Any:
-        return await answer(handle.embed.remote(body.texts, body.tokens))
+    async def embed(body: EmbedRequest, model: Selected) -> Any:
+        embeddings = await encode(EncoderCall(model, "embed", tuple(body.texts), tokens=body.tokens))
+        return {"model": model.version, "embeddings": embeddings}
 
     @v1.post("/rank", response_model=RankResponse, summary="The k best targets of a space per text.")
-    async def rank(body: RankRequest, handle: Selected) -> Any:
-        return await answer(handle.rank.remote(body.texts, body.space, body.k))
+    async def rank(body: RankRequest, model: Selected) -> Any:
+        results = await encode(EncoderCall(model, "rank", tuple(body.texts), space=body.space, k=body.k))
+        return {"model": model.version, "space": body.space, "results": results}
 
     @v1.post(
         "/normalize/title", response_model=NormalizeTitlesResponse, summary="Job titles → ESCO occupations."
     )
-    async def normalize_title(body: NormalizeTitlesRequest, handle: Selected) -> Any:
-        return await answer(handle.normalize_titles.remote(body.titles, body.k))
+    async def normalize_title(body: NormalizeTitlesRequest, model: Selected) -> Any:
+        results = await encode(EncoderCall(model, "rank", tuple(body.titles), space=OCCUPATIONS, k=body.k))
+        return {"model": model.version, "results": results}
 
     @v1.post("/extract", response_model=ExtractResponse, summary="ESCO skills per sentence, with spans.")
-    async def extract(body: ExtractRequest, handle: Selected) -> Any:
-        return await answer(handle.extract.remote(sentences=body.sentences, text=body.text))
+    async def extract(body: ExtractRequest, model: Selected) -> Any:
+        if body.text is not None:  # a job ad, segmented
+            found = await encode(EncoderCall(model, "extract_ad", (body.text,)))
+        else:  # sentences, each on its own
+            skills = await encode(EncoderCall(model, "extract", tuple(body.sentences)))
+            found = [{"sentence": s, "skills": sk} for s, sk in zip(body.sentences, skills, strict=True)]
+        return {"model": model.version, "threshold": model.settings.threshold, "sentences": found}
 
     @v1.post("/match", response_model=MatchResponse, summary="The best indexed profiles for a project.")
-    async def match(body: MatchRequest, handle: Selected) -> Any:
-        embedded = await answer(handle.embed_documents.remote([body.sections or [body.document]]))
-        version = embedded["model"]
-        hits = await answer(matcher.search.remote(version, embedded["vectors"][0], body.k, body.filters))
-        return {"model": version, "results": hits}
+    async def match(body: MatchRequest, model: Selected) -> Any:
+        (vector,) = await answer(server.embed_documents(model, [body.sections or [body.document]]))
+        hits = await answer(matcher.search.remote(model.version, vector, body.k, body.filters))
+        return {"model": model.version, "results": hits}
 
     @v1.post("/profiles", response_model=ProfilesResponse, summary="Insert or replace profiles.")
-    async def upsert_profiles(body: ProfilesRequest, handle: Selected) -> Any:
+    async def upsert_profiles(body: ProfilesRequest, model: Selected) -> Any:
         profiles = [profile.model_dump() for profile in body.profiles]
-        embedded = await answer(handle.embed_documents.remote([[profile["text"]] for profile in profiles]))
-        version = embedded["model"]
-        counts = await answer(matcher.upsert.remote(version, profiles, embedded["vectors"]))
-        return {"model": version, **counts}
+        vectors = await answer(server.embed_documents(model, [[profile["text"]] for profile in profiles]))
+        counts = await answer(matcher.upsert.remote(model.version, profiles, vectors))
+        return {"model": model.version, **counts}
 
     app.include_router(v1)
     return app
@@ -430,7 +433,6 @@ def build_app(args: dict[str, Any]) -> Application:
     """Serve's application builder: ``args`` are :class:`ServeConfig` fields (validated here)."""
     config = ServeConfig.model_validate(args or {})
     user_config = config.model_dump(mode="json")
-    models = Models.options(user_config=user_config).bind()
     matcher_options: dict[str, Any] = {"user_config": user_config}
     if config.profiles.local:
         logger.info(
@@ -438,4 +440,4 @@ def build_app(args: dict[str, Any]) -> Application:
         )
         matcher_options["num_replicas"] = 1
     matcher = Matcher.options(**matcher_options).bind()
-    return Api.bind(models, matcher, user_config)
+    return Models.options(user_config=user_config).bind(matcher)
