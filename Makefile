@@ -26,7 +26,7 @@ SERVICES_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: setup demo test bench lint format services-up services-down services-status k8s-sync \
+.PHONY: setup demo test bench lint format docs services-up services-down services-status k8s-sync \
 	k8s-validate clean
 
 setup: $(STAMP)
@@ -68,6 +68,10 @@ services-down: setup
 
 services-status: setup
 	$(BIN)/workembed services status $(SERVICES_ARGS)
+
+# The configuration reference (docs/configuration.md) regenerated from the typed configs.
+docs: setup
+	$(BIN)/python -m workembed.config_reference
 
 # Kubernetes: regenerate the RayService serveConfigV2 from serve/config.yaml; render and validate both overlays.
 k8s-sync: setup
