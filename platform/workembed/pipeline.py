@@ -290,16 +290,30 @@ def run_pipeline(
 
 
 def connect(address: str | None, log: Log) -> Any:
-    """A Jobs SDK client for ``address`` (an explicit address wins over ``$RAY_ADDRESS``)."""
+    """A Jobs SDK client for ``address`` (an explicit address wins over ``$RAY_ADDRESS``). With token
+    authentication, the token of ``$RAY_AUTH_TOKEN`` / ``$RAY_AUTH_TOKEN_PATH`` is sent explicitly (Ray caches
+    the first token a process loads, which may belong to another cluster)."""
     from ray.job_submission import JobSubmissionClient
 
     if address is not None and os.environ.get("RAY_ADDRESS") not in (None, address):
         log(f"using --address {address} (not RAY_ADDRESS={os.environ['RAY_ADDRESS']})")
         os.environ.pop("RAY_ADDRESS")
+    token = auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers)
     except (ConnectionError, ValueError) as err:
         raise PipelineError(f"cannot reach the Ray Jobs API at {address or '$RAY_ADDRESS'}: {err}") from None
+
+
+def auth_token() -> str | None:
+    """The Ray token of ``$RAY_AUTH_TOKEN`` or the file ``$RAY_AUTH_TOKEN_PATH``, if any."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path and Path(path).is_file():
+        return Path(path).read_text(encoding="utf-8").strip()
+    return None
 
 
 def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | None, log: Log) -> str:
