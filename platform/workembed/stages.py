@@ -63,6 +63,12 @@ STAGES: dict[str, Stage] = {
             "workembed.batch_extract:run_batch_extract",
             "job ads → ESCO skills per sentence (spans, scores) and title occupations (registered model)",
         ),
+        Stage(
+            "synthesize",
+            "workembed.synth.config:SynthConfig",
+            "workembed.synth.stage:run_synthesize",
+            "ESCO prompts → an LLM (vLLM through Ray Data) → validated synthetic sentences and edges",
+        ),
     )
 }
 

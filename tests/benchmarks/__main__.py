@@ -17,6 +17,7 @@ BENCHMARKS = {
     "encoder": "tests.benchmarks.bench_encoder",
     "ingest": "tests.benchmarks.bench_ingest",
     "serve": "tests.benchmarks.bench_serve",
+    "synth": "tests.benchmarks.bench_synth",
     "train": "tests.benchmarks.bench_train",
 }
 
