@@ -22,7 +22,9 @@ EXTRACTION_FILE = "extraction.json"
 class ExtractionSettings(Config):
     """How a model extracts skills: the ConTeXT-match threshold, softmax temperature and redundancy filter."""
 
-    threshold: float = Field(ge=-1.0, le=1.0, description="Match-score threshold: skills scoring ≥ it are kept.")
+    threshold: float = Field(
+        ge=-1.0, le=1.0, description="Match-score threshold: skills scoring ≥ it are kept."
+    )
     temperature: float = Field(0.05, gt=0, description="Softmax temperature over a sentence's tokens.")
     among: Literal["all", "candidates"] = Field(
         "all",
