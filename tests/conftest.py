@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -23,6 +24,21 @@ def free_port(low: int = 20000, high: int = 60000) -> int:
             port = sock.getsockname()[1]
         if low <= port < high:
             return port
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]):
+    """``os.environ`` with ``values`` set, restored afterwards (for fixtures wider than a test)."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(autouse=True)
@@ -68,14 +84,8 @@ def s3_server(tmp_path_factory):
     )
     services.up(config, log=lambda _: None)
     env = services.s3_env(config)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "workembed-test", **env}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environ(env):
+        yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "workembed-test", **env}
     services.down(config, log=lambda _: None)
 
 

@@ -4,14 +4,13 @@ resumes a run without re-running finished stages, and addresses outputs by run i
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import environ, free_port
 from workembed import services
 from workembed.pipeline import PipelineConfig, PipelineError, read_state, run_pipeline, stages_to_run
 
@@ -40,15 +39,8 @@ def ray_head(tmp_path_factory):
         }
     )
     urls = services.up(config, log=lambda _: None)
-    env = services.ray_auth_env(config)
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    yield urls["ray"]
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with environ(services.ray_auth_env(config)):
+        yield urls["ray"]
     services.down(config, log=lambda _: None)
 
 

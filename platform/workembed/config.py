@@ -23,6 +23,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 DATA_DIR_ENV = "WORKEMBED_DATA_DIR"
+SERVICE_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    DATA_DIR_ENV,
+)
+"""Where jobs and replicas find their services and data: the tracking server, S3 and the data root."""
 PROFILES_KEY = "profiles"
 
 C = TypeVar("C", bound="Config")

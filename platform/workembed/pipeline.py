@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from workembed.config import Config, ConfigError
+from workembed.config import SERVICE_ENV, Config, ConfigError
 
 Log = Callable[[str], None]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -69,14 +69,7 @@ class RuntimeEnvConfig(Config):
         "(right for a local cluster); null leaves it unset; a path or s3:// URI is passed as given.",
     )
     pass_env: list[str] = Field(
-        default_factory=lambda: [
-            "MLFLOW_TRACKING_URI",
-            "AWS_ENDPOINT_URL",
-            "AWS_ACCESS_KEY_ID",
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_DEFAULT_REGION",
-            "WORKEMBED_DATA_DIR",
-        ],
+        default_factory=lambda: list(SERVICE_ENV),
         description="Variables copied from this shell into the jobs when set here and not in env_vars.",
     )
     pip: list[str] | None = Field(

@@ -29,6 +29,8 @@ from typing import Any
 
 import yaml
 
+from workembed.config import SERVICE_ENV
+
 SERVE_CONFIG = Path("serve/config.yaml")
 RAYSERVICE_MANIFEST = Path("k8s/base/rayservice.yaml")
 OVERLAYS = (Path("k8s/overlays/local"), Path("k8s/overlays/gpu"))
@@ -43,17 +45,7 @@ PIPELINE_STAGES = ("ingest", "synthesize", "train", "evaluate", "register", "pro
 """Stages with a RayJob each (``python -m jobs.<stage>``)."""
 SERVING_IMPORT_PATH = "workembed.serving.app:build_app"
 API_KEY_ENV = "WORKEMBED_API_KEY"
-CLUSTER_ENV = frozenset(
-    {
-        "MLFLOW_TRACKING_URI",
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_DEFAULT_REGION",
-        "WORKEMBED_DATA_DIR",
-        API_KEY_ENV,
-    }
-)
+CLUSTER_ENV = frozenset({*SERVICE_ENV, API_KEY_ENV})
 """Variables every Ray pod gets from the workembed-env ConfigMap and the Secrets: a Serve application's own
 ``runtime_env.env_vars`` must not override them."""
 SERVE_HTTP = {"host": "0.0.0.0", "port": 8000}

@@ -8,7 +8,7 @@ load. No model hub is contacted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,26 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model directory '{text}' has no config.json")
     return path
+
+
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``texts`` in batches of similar length (less padding), shortest first."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a sequence of strings, not a single string")
+    order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def token_embeddings(tokenizer, encoded, row: int, length: int, vectors: np.ndarray) -> TokenEmbeddings:
+    """Row ``row`` of a tokenizer output (with offsets and special-token mask) and its ``length`` token
+    vectors as :class:`TokenEmbeddings`."""
+    return TokenEmbeddings(
+        tokens=tokenizer.convert_ids_to_tokens(encoded["input_ids"][row, :length].tolist()),
+        offsets=[tuple(pair) for pair in encoded["offset_mapping"][row, :length].tolist()],
+        vectors=np.ascontiguousarray(vectors, dtype=np.float32),
+        special=[bool(flag) for flag in encoded["special_tokens_mask"][row, :length].tolist()],
+    )
 
 
 @dataclass(frozen=True)
@@ -103,23 +123,13 @@ class Encoder:
         for index, hidden, mask, encoded in self._batches(texts, offsets=True):
             for row, text_index in enumerate(index):
                 length = int(mask[row].sum())
-                ids = encoded["input_ids"][row, :length].tolist()
-                special_mask = encoded["special_tokens_mask"][row, :length].tolist()
-                results[text_index] = TokenEmbeddings(
-                    tokens=self.tokenizer.convert_ids_to_tokens(ids),
-                    offsets=[tuple(pair) for pair in encoded["offset_mapping"][row, :length].tolist()],
-                    vectors=hidden[row, :length].float().cpu().numpy(),
-                    special=[bool(flag) for flag in special_mask],
-                )
+                vectors = hidden[row, :length].float().cpu().numpy()
+                results[text_index] = token_embeddings(self.tokenizer, encoded, row, length, vectors)
         return results  # type: ignore[return-value]
 
     def _batches(self, texts: Sequence[str], offsets: bool = False):
         """Yield (original indices, last hidden state, attention mask, encoding) per length-sorted batch."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, not a single string")
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
+        for index in length_sorted_batches(texts, self.batch_size):
             encoded = self.tokenizer(
                 [texts[i] for i in index],
                 padding=True,

@@ -26,7 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workembed.models.encoder import MINILM, TokenEmbeddings, resolve_model_path
+from workembed.models.encoder import (
+    MINILM,
+    TokenEmbeddings,
+    length_sorted_batches,
+    resolve_model_path,
+    token_embeddings,
+)
 
 DEFAULT_CACHE_DIR = "~/.cache/workembed/onnx"
 EXPORT_FORMAT = "last_hidden_state/opset17/v1"  # part of the cache key: bump when the export changes
@@ -187,21 +193,14 @@ class OnnxEncoder:
         for index, hidden, mask, encoded in self._batches(texts, offsets=True):
             for row, text_index in enumerate(index):
                 length = int(mask[row].sum())
-                results[text_index] = TokenEmbeddings(
-                    tokens=self.tokenizer.convert_ids_to_tokens(encoded["input_ids"][row, :length].tolist()),
-                    offsets=[tuple(pair) for pair in encoded["offset_mapping"][row, :length].tolist()],
-                    vectors=np.ascontiguousarray(hidden[row, :length], dtype=np.float32),
-                    special=[bool(flag) for flag in encoded["special_tokens_mask"][row, :length]],
+                results[text_index] = token_embeddings(
+                    self.tokenizer, encoded, row, length, hidden[row, :length]
                 )
         return results  # type: ignore[return-value]
 
     def _batches(self, texts: Sequence[str], offsets: bool = False):
         """Yield (original indices, last hidden state, attention mask, encoding) per length-sorted batch."""
-        if isinstance(texts, str):
-            raise TypeError("texts must be a sequence of strings, not a single string")
-        order = sorted(range(len(texts)), key=lambda i: (len(texts[i]), i))
-        for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
+        for index in length_sorted_batches(texts, self.batch_size):
             encoded = self.tokenizer(
                 [texts[i] for i in index],
                 padding=True,
