@@ -377,3 +377,42 @@ def test_vllm_processor_gives_the_transformers_outputs(transformers_run, scripte
         f"VLLMValidationError: This model's maximum context length is {MAX_MODEL_LEN} tokens"
         in error["reason"]
     )
+
+
+def test_real_titles_inherit_the_skills_of_a_similar_generated_title(scripted_llm, run_inputs, tmp_path):
+    from workembed.models import Encoder
+
+    real = ["Senior Haskell developer", "registered nurse", "Haskell developer"]
+    pq.write_table(pa.table({"title": real}), tmp_path / "real_titles.parquet")
+    merge = {"titles": str(tmp_path / "real_titles.parquet"), "min_similarity": 0.8}
+    run_synthesize(
+        synth_config(scripted_llm, run_inputs, tmp_path / "out", "transformers", merge_titles=merge),
+        log=lambda _: None,
+    )
+    edges = pq.read_table(tmp_path / "out" / "run" / "edges").to_pylist()
+    generated = {
+        row["left_text"]: row for row in edges if row["task"] == "skill-job" and row["left_text"] in TITLES
+    }
+    merged = [row for row in edges if row["left_text"] in real and row["left_text"] not in TITLES]
+
+    encoder = Encoder("minilm")
+    names = sorted(generated)
+    cosine = encoder.embed(["Senior Haskell developer"]) @ encoder.embed(names).T
+    best = names[int(cosine.argmax())]
+    expected_skills = sorted(
+        row["right_id"] for row in edges if row["task"] == "skill-job" and row["left_text"] == best
+    )
+    assert cosine.max() >= 0.8 and expected_skills
+    assert (
+        sorted(row["right_id"] for row in merged) == expected_skills
+    )  # nurse: too far; the exact title: skipped
+    for row in merged:
+        assert row["left_text"] == "Senior Haskell developer"
+        assert row["left_id"] == title_id("Senior Haskell developer")
+        assert row["weight"] == pytest.approx(float(cosine.max()), abs=1e-5)
+        source = generated[best]
+        assert (row["template"], row["origin"], row["model"]) == (
+            source["template"],
+            source["origin"],
+            source["model"],
+        )

@@ -113,6 +113,18 @@ class SamplingConfig(Config):
         return (self.seed + int(hashlib.sha256(prompt_id.encode("utf-8")).hexdigest()[:8], 16)) % (1 << 31)
 
 
+class MergeTitlesConfig(Config):
+    """Real job titles that inherit the skills generated for a similar title (title-skills)."""
+
+    titles: str | None = Field(
+        None,
+        description="Parquet with a `title` column (e.g. an ingest run's job_ads; relative to the data root, "
+        "or s3://); each distinct title gets the skills of its most similar generated title when the cosine "
+        "(validation.encoder) reaches min_similarity; null: no merge.",
+    )
+    min_similarity: float = Field(0.85, ge=-1, le=1, description="Cosine a real title needs to inherit.")
+
+
 class SynthConfig(Config):
     """ESCO-grounded prompts → an LLM through Ray Data → validated synthetic sentences and edges."""
 
@@ -148,6 +160,10 @@ class SynthConfig(Config):
         None,
         description="Real job titles for prompts.title_skills.source 'titles': Parquet with a `title` "
         "column (e.g. an ingest run's job_ads; relative to the data root, or s3://); its distinct values.",
+    )
+    merge_titles: MergeTitlesConfig = Field(
+        default_factory=lambda: MergeTitlesConfig(),
+        description="Title-skills results carried over to similar real job titles.",
     )
     validation_actors: int = Field(
         1, ge=1, description="Validation actors (each holds the grounding encoder)."

@@ -188,6 +188,43 @@ def edges_of(
     return pa.Table.from_pylist(edges, schema=EDGES_SCHEMA)
 
 
+def merge_titles(config: SynthConfig, edges, log: Log) -> pa.Table | None:
+    """Edges from each real title of ``config.merge_titles.titles`` to the skills of its most similar
+    generated title (cosine ≥ ``min_similarity``; weight = the cosine; the source edge's lineage kept);
+    None without real titles or generated title edges."""
+    settings = config.merge_titles
+    if settings.titles is None:
+        return None
+    from ray.data.expressions import col
+
+    title_edges = edges.filter(expr=col("task") == TITLE_TASK).take_all()
+    if not title_edges:
+        log("merge_titles: no title-skills edges to carry over")
+        return None
+    from workembed.models import Encoder
+
+    generated = sorted({row["left_text"] for row in title_edges})
+    real = read_title_column(config, settings.titles)
+    encoder = config.validation.encoder
+    model = Encoder(
+        encoder.model, batch_size=encoder.batch_size, max_length=encoder.max_length, device=encoder.device
+    )
+    similarity = model.embed(real) @ model.embed(generated).T if real else None
+    by_title: dict[str, list[dict]] = {}
+    for row in title_edges:
+        by_title.setdefault(row["left_text"], []).append(row)
+    merged = []
+    for index, title in enumerate(real):
+        best = int(similarity[index].argmax())
+        score = float(similarity[index, best])
+        if score < settings.min_similarity or title.casefold() == generated[best].casefold():
+            continue
+        for row in by_title[generated[best]]:
+            merged.append({**row, "left_id": title_id(title), "left_text": title, "weight": round(score, 6)})
+    log(f"merge_titles: {len(merged)} edges for real titles similar to {len(generated)} generated titles")
+    return pa.Table.from_pylist(merged, schema=EDGES_SCHEMA)
+
+
 def rejects_of(batch: pa.Table) -> pa.Table:
     """The rejects of a batch of outcomes, in the rejects contract (+ prompt_id, template)."""
     rejected = batch.filter(pc.invert(batch["accepted"]))
@@ -328,6 +365,9 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
         },
         batch_format="pyarrow",
     ).materialize()
+    merged = merge_titles(config, edges, log)
+    if merged is not None:
+        edges = edges.union(ray.data.from_arrow(merged)).materialize()
     write_table_dataset(edges, join(out, "edges"), EDGES_SCHEMA, fs)
     rejects = outcomes.map_batches(rejects_of, batch_format="pyarrow")
     write_table_dataset(rejects, join(out, "rejects"), rejects_schema(), fs)
@@ -475,11 +515,14 @@ def read_edge_counts(config: SynthConfig) -> dict[str, int] | None:
 
 def read_titles(config: SynthConfig) -> list[str] | None:
     """The distinct non-empty titles of the configured titles dataset, sorted (None without one)."""
+    return None if config.titles is None else read_title_column(config, config.titles)
+
+
+def read_title_column(config: SynthConfig, setting: str) -> list[str]:
+    """The distinct non-empty values of the ``title`` column of the Parquet dataset ``setting``, sorted."""
     import ray
 
-    if config.titles is None:
-        return None
-    location = resolve_data_path(config.titles)
+    location = resolve_data_path(setting)
     config.ray.connect()
     dataset = ray.data.read_parquet(location, filesystem=filesystem_for(location, config.storage))
     if "title" not in dataset.schema().names:

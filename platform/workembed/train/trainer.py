@@ -122,6 +122,7 @@ def edges_dataset(config: TrainConfig):
     """The training edges as one Ray Data dataset: Parquet ``edges`` and/or ESCO-only edges; edges written by
     a test model (origin ``synthetic-test``) are never trained on."""
     import ray.data
+    from ray.data.expressions import col
 
     from workembed.data.config import GraphConfig
     from workembed.data.graph import EDGE_SCHEMA, SYNTHETIC_TEST, esco_edges_table
@@ -136,7 +137,7 @@ def edges_dataset(config: TrainConfig):
         parts.append(
             ray.data.read_parquet(
                 path, filesystem=filesystem, schema=EDGE_SCHEMA, columns=EDGE_SCHEMA.names
-            ).filter(expr=f"origin != '{SYNTHETIC_TEST}'")
+            ).filter(expr=col("origin") != SYNTHETIC_TEST)
         )
     if config.data.esco is not None:
         taxonomy = load_esco_config(EscoConfig(location=config.data.esco))
