@@ -23,6 +23,16 @@ def existing_tasks(relative: tuple[str, ...]) -> list[str]:
     return [str(root / path) for path in relative if (root / path).is_dir()]
 
 
+def default_calibration_sets() -> list[str]:
+    """The skill-extraction validation sets of ``eval-tasks/benchmarks`` that exist."""
+    return existing_tasks(CALIBRATION_SETS)
+
+
+def default_gate_sets() -> list[str]:
+    """The held-apart ESCO tasks of ``eval-tasks/esco`` that exist."""
+    return existing_tasks(GATE_SETS)
+
+
 class EncoderRunConfig(Config):
     """How the registry runs an encoder."""
 
@@ -35,7 +45,7 @@ class CalibrationConfig(EncoderRunConfig):
     """The extraction threshold calibrated at registration (``workembed eval extraction``'s protocol)."""
 
     datasets: list[str] = Field(
-        default_factory=lambda: existing_tasks(CALIBRATION_SETS),
+        default_factory=default_calibration_sets,
         description="Skill-extraction ranking dataset folders (relative paths resolve against the data "
         "root); each calibrates a threshold on its calibration part and the model's threshold is their mean "
         "(each dataset weighs the same). Default: eval-tasks/benchmarks/skill-extraction-{house,tech} when "
@@ -59,7 +69,7 @@ class GateConfig(EncoderRunConfig):
     """The promotion gate: the candidate may not fall behind the alias holder on any metric."""
 
     datasets: list[str] = Field(
-        default_factory=lambda: existing_tasks(GATE_SETS),
+        default_factory=default_gate_sets,
         description="Ranking dataset folders the candidate and the holder are evaluated on (relative paths "
         "resolve against the data root). Default: the ESCO tasks eval-tasks/esco/{job-skill, skill-job, "
         "skill-normalization, job-normalization} that exist.",
