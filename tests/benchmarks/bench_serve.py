@@ -568,24 +568,6 @@ def serve_document(args: dict[str, object], replicas: int, port: int) -> dict[st
     return document
 
 
-def deploy(document: dict[str, object], timeout_s: float = DEPLOY_TIMEOUT_S) -> None:
-    """Deploy a Serve config as ``serve run`` does, and wait until the application runs."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document), _blocking=False)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(SERVE_APP)
-        if app is not None and app.status == "RUNNING":
-            return
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            raise RuntimeError(f"application {SERVE_APP} {app.status}: {app.message}")
-        time.sleep(0.5)
-    raise TimeoutError(f"application {SERVE_APP} not running after {timeout_s} s")
-
-
 def best_config(configs: dict[str, dict]) -> str | None:
     """The configuration with the highest throughput (then the lowest p50) among those without errors."""
     clean = [
@@ -623,6 +605,7 @@ def over_http(
     from ray import serve
 
     from tests.conftest import free_port
+    from tests.serving.deploy import deploy_serve_config
     from workembed.serving.config import ServeConfig
 
     folder = served_model_folder(cache_dir, threshold)
@@ -652,7 +635,9 @@ def over_http(
                 name = f"replicas={count},max_batch_size={batch}"
                 batching = {**args["batching"], "max_batch_size": batch, "batch_wait_timeout_s": batch_wait_s}
                 started = time.monotonic()
-                deploy(serve_document({**args, "batching": batching}, count, port))
+                deploy_serve_config(
+                    serve_document({**args, "batching": batching}, count, port), SERVE_APP, DEPLOY_TIMEOUT_S
+                )
                 deploy_s = round(time.monotonic() - started, 1)
                 try:
                     latency = http_latency(

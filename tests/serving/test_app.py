@@ -14,6 +14,7 @@ import requests
 import yaml
 
 from tests.conftest import free_port
+from tests.serving.deploy import deploy_serve_config
 from workembed.config import project_root
 
 APP = "workembed"
@@ -77,24 +78,6 @@ class Served:
         return response.json()
 
 
-def deploy(document: dict, timeout_s: float = 600) -> None:
-    """Deploy a Serve config as ``serve run serve/config.yaml`` does, and wait until the app runs."""
-    from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(document), _blocking=False)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        app = serve.status().applications.get(APP)
-        if app is not None and app.status == "RUNNING":
-            return
-        if app is not None and app.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-            pytest.fail(f"application {APP} {app.status}: {app.message}")
-        time.sleep(0.5)
-    pytest.fail(f"application {APP} not running after {timeout_s} s: {serve.status().applications.get(APP)}")
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, registry, tiny_bert, tmp_path_factory):
     """serve/config.yaml with test args: champion = MiniLM (v1, threshold 0.5), challenger = tiny BERT
@@ -131,7 +114,7 @@ def served(ray_session, registry, tiny_bert, tmp_path_factory):
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        deploy(document)
+        deploy_serve_config(document, APP)
         yield Served(f"http://127.0.0.1:{port}", name, document)
     finally:
         serve.shutdown()
@@ -419,7 +402,7 @@ def test_a_changed_user_config_applies_without_a_restart(served):
     }
     models_entry = next(entry for entry in app["deployments"] if entry["name"] == "Models")
     models_entry["user_config"] = changed
-    deploy(document)
+    deploy_serve_config(document, APP)
 
     def applied() -> bool:
         polls = served.models()["default"]["alias_poll_s"]

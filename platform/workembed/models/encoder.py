@@ -58,6 +58,20 @@ def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[lis
         yield order[start : start + batch_size]
 
 
+def encode_batch(tokenizer, texts: Sequence[str], max_length: int, offsets: bool, tensors: str):
+    """Tokenize one batch: padded to its longest text, truncated to ``max_length``; with ``offsets`` also
+    character offsets and the special-token mask; ``tensors``: ``"pt"`` or ``"np"``."""
+    return tokenizer(
+        list(texts),
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        return_tensors=tensors,
+        return_offsets_mapping=offsets,
+        return_special_tokens_mask=offsets,
+    )
+
+
 def token_embeddings(tokenizer, encoded, row: int, length: int, vectors: np.ndarray) -> TokenEmbeddings:
     """Row ``row`` of a tokenizer output (with offsets and special-token mask) and its ``length`` token
     vectors as :class:`TokenEmbeddings`."""
@@ -130,15 +144,7 @@ class Encoder:
     def _batches(self, texts: Sequence[str], offsets: bool = False):
         """Yield (original indices, last hidden state, attention mask, encoding) per length-sorted batch."""
         for index in length_sorted_batches(texts, self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in index],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-                return_offsets_mapping=offsets,
-                return_special_tokens_mask=offsets,
-            )
+            encoded = encode_batch(self.tokenizer, [texts[i] for i in index], self.max_length, offsets, "pt")
             model_inputs = {
                 k: v.to(self.device)
                 for k, v in encoded.items()

@@ -29,6 +29,7 @@ import torch
 from workembed.models.encoder import (
     MINILM,
     TokenEmbeddings,
+    encode_batch,
     length_sorted_batches,
     resolve_model_path,
     token_embeddings,
@@ -201,15 +202,7 @@ class OnnxEncoder:
     def _batches(self, texts: Sequence[str], offsets: bool = False):
         """Yield (original indices, last hidden state, attention mask, encoding) per length-sorted batch."""
         for index in length_sorted_batches(texts, self.batch_size):
-            encoded = self.tokenizer(
-                [texts[i] for i in index],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="np",
-                return_offsets_mapping=offsets,
-                return_special_tokens_mask=offsets,
-            )
+            encoded = encode_batch(self.tokenizer, [texts[i] for i in index], self.max_length, offsets, "np")
             feed = {name: encoded[name].astype(np.int64, copy=False) for name in self._input_names}
             (hidden,) = self.session.run([OUTPUT], feed)
             yield index, hidden, encoded["attention_mask"], encoded
