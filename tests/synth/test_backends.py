@@ -117,6 +117,9 @@ def test_vllm_processor_on_cpu(tiny_llm):
         "dtype": "float32",
     }
     assert processor.engine_kwargs["enforce_eager"] is True
+    # Whole prompts per step: a cut prompt rewinds its seeded generator, which CPU generators cannot do.
+    assert processor.engine_kwargs["enable_chunked_prefill"] is False
+    assert processor.engine_kwargs["max_num_batched_tokens"] == 4096
     assert processor.should_continue_on_error is True and processor.log_engine_metrics is False
     assert processor.chat_template_stage == {"enabled": True, "num_cpus": 0.25}
     assert processor.tokenize_stage == processor.detokenize_stage == {"num_cpus": 0.25}
@@ -139,6 +142,7 @@ def test_vllm_processor_of_the_gpu_profile(tiny_llm):
         "enforce_eager": False,
     }
     assert processor.engine_kwargs["enable_prefix_caching"] is True
+    assert "enable_chunked_prefill" not in processor.engine_kwargs  # GPU engines keep chunked prefill
 
 
 @needs_vllm

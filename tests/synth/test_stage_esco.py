@@ -1,5 +1,9 @@
 """The synthesize stage end to end on ESCO v1.1.1 prompts (all three templates, the skill hierarchy included)
-with the tiny LLM through the real `ray.data.llm` vLLM CPU path: balanced counts and lineage columns."""
+with the tiny LLM through the real `ray.data.llm` vLLM CPU path, sampling with per-prompt seeds: balanced
+counts and lineage columns.
+
+The engine's step budget is one prompt's worth of tokens, so that with chunked prefill the scheduler would cut
+prompts across steps, the case in which a seeded request crashed the vLLM CPU engine."""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_esco_v111_prompts_through_vllm_balance_and_carry_lineage(data_dir, tiny_llm, ray_session, tmp_path):
+def test_sampled_v111_prompts_through_vllm_balance_and_carry_lineage(
+    data_dir, tiny_llm, ray_session, tmp_path
+):
     config = SynthConfig.model_validate(
         {
             "model": str(tiny_llm),
@@ -29,14 +35,21 @@ def test_esco_v111_prompts_through_vllm_balance_and_carry_lineage(data_dir, tiny
                 "title_skills": {"max_prompts": 4, "n_skills": 3},
             },
             "validation": {"grounding": "lexical"},
-            "engine": {"max_model_len": 512, "batch_size": 8, "dtype": "float32", "kv_cache_gib": 1},
-            "sampling": {"temperature": 0.0, "top_p": 1.0, "max_tokens": 24, "seed": 3},
+            "engine": {
+                "max_model_len": 512,
+                "batch_size": 8,
+                "dtype": "float32",
+                "kv_cache_gib": 1,
+                "engine_kwargs": {"max_num_batched_tokens": 512},
+            },
+            "sampling": {"temperature": 0.8, "top_p": 0.95, "max_tokens": 24, "seed": 3},
             "output": str(tmp_path),
             "run_id": "esco",
         }
     )
     summary = run_synthesize(config, log=lambda _: None)
     assert summary["prompts"]["in"] == 16 and summary["generations"]["rows"] == 16
+    assert summary["generations"]["inference_errors"] == 0
     assert summary["templates"].keys() == {"long-tail", "multi-skill", "title-skills"}
     assert summary["balanced"] is True
     sentences = summary["sentences"]

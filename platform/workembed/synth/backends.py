@@ -17,7 +17,8 @@ per-prompt seed :meth:`SamplingConfig.row_seed`; temperature 0 decodes greedily.
 
 - ``vllm``: :func:`ray.data.llm.build_processor` with a :class:`vLLMEngineProcessorConfig` (chat template,
   tokenize, engine and detokenize stages; ``should_continue_on_error``; per-row ``sampling_params``). On CPU
-  the engine's placement group asks for CPUs only and ``VLLM_CPU_KVCACHE_SPACE`` sizes its KV cache.
+  the engine's placement group asks for CPUs only, ``VLLM_CPU_KVCACHE_SPACE`` sizes its KV cache and
+  chunked prefill is off (:func:`cpu_engine_kwargs`: seeded sampling needs it).
 - ``transformers``: ``AutoModelForCausalLM.generate`` in a Ray Data actor pool, one prompt at a time (so
   that a row's output depends on its seed only), with vLLM's length rule: a prompt of ``max_model_len``
   tokens or more is an error and generation stops at ``max_model_len`` tokens in all.
@@ -106,6 +107,7 @@ def vllm_processor_config(config: SynthConfig):
         "max_model_len": engine.max_model_len,
         "dtype": engine.dtype,
         "enforce_eager": engine.enforce_eager,
+        **(cpu_engine_kwargs(engine.max_model_len) if not engine.num_gpus else {}),
         **engine.engine_kwargs,
         # Per-request stats stay off: they add a struct column to the processor's rows that the rows the
         # engine failed on lack, and Ray Data cannot concatenate a block of failed rows with the others.
@@ -131,6 +133,17 @@ def vllm_processor_config(config: SynthConfig):
         should_continue_on_error=True,
         log_engine_metrics=False,
     )
+
+
+def cpu_engine_kwargs(max_model_len: int) -> dict[str, Any]:
+    """Scheduler settings of a CPU engine: whole prompts are prefilled in one step.
+
+    With chunked prefill, a prompt cut across steps has the token sampled at its first step thrown away and
+    its seeded generator rewound, which torch's CPU generators cannot do: the vLLM CPU engine then dies on
+    the first seeded request (any temperature above 0) that the scheduler cuts. Without chunked prefill the
+    step budget must hold the longest prompt.
+    """
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 4096)}
 
 
 class _VllmRequest:

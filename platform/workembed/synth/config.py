@@ -62,7 +62,9 @@ class EngineConfig(Config):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="Further vLLM engine arguments (e.g. enable_prefix_caching, max_num_seqs, "
-        "gpu_memory_utilization); they override the settings above (per-request stats stay off).",
+        "gpu_memory_utilization); they override the settings above (per-request stats stay off). CPU engines "
+        "default to enable_chunked_prefill false and max_num_batched_tokens max(max_model_len, 4096): seeded "
+        "sampling crashes the vLLM CPU engine on prompts cut across steps.",
     )
 
     @field_validator("concurrency")
