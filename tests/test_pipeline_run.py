@@ -34,7 +34,7 @@ def ray_head(tmp_path_factory):
                 "dashboard_port": free_port(),
                 "client_port": free_port(),
                 "agent_port": free_port(),
-                "num_cpus": 4,
+                "num_cpus": 6,
             },
         }
     )

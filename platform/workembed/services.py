@@ -43,7 +43,7 @@ class RayHeadConfig(Config):
     agent_port: int = Field(
         52365, description="Dashboard agent HTTP port; jobs are submitted through it, so `up` waits for it."
     )
-    num_cpus: int = Field(4, ge=1, description="Logical CPUs; more than cores so data tasks are not starved.")
+    num_cpus: int = Field(6, ge=1, description="Logical CPUs; more than cores so data tasks are not starved.")
 
 
 class MlflowServerConfig(Config):

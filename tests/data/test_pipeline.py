@@ -114,6 +114,7 @@ def _config(tmp_path, crafted, **overrides) -> IngestConfig:
         ],
         "ground": {"cache_dir": str(tmp_path / "cache")},
         "graph": {"matching": False},
+        "prepare_actors": 1,  # the shared test instance declares 4 logical CPUs
     }
     for key, value in overrides.items():
         raw[key] = value
@@ -255,6 +256,8 @@ def test_too_few_cluster_cpus_is_a_clear_error(tmp_path, crafted):
     config = _config(tmp_path, crafted)
     assert required_cpus(config) == 3.25  # preparer 1 + dedupe 0.25 + grounder 1 + reader 1
     check_cluster_cpus(config, 4)
+    assert required_cpus(IngestConfig()) == 4.25  # the defaults: 2 preparers, within a local instance's 6
+    check_cluster_cpus(IngestConfig(), IngestConfig().ray.num_cpus)
     config.ground.num_cpus = 2
     config.ground.concurrency = 2
     with pytest.raises(ValueError, match="has 4 logical CPUs; this ingest needs at least 6.25"):

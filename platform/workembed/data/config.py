@@ -129,7 +129,12 @@ class RayConfig(Config):
     """The Ray cluster a job joins or starts."""
 
     address: str | None = Field(None, description="Cluster to join; null: $RAY_ADDRESS or a new local one.")
-    num_cpus: int | None = Field(4, ge=1, description="Logical CPUs of a new local instance.")
+    num_cpus: int | None = Field(
+        6,
+        ge=1,
+        description="Logical CPUs of a new local instance: more than cores, so that actors (preparers, "
+        "grounding, training workers) never take every slot and starve the read tasks.",
+    )
 
     def connect(self) -> None:
         """Join the configured cluster (or ``$RAY_ADDRESS``, as in a submitted job), else start a local
@@ -163,7 +168,10 @@ class IngestConfig(Config):
         2000, ge=1, description="Records per block after reading (large Parquet files are cut to this size)."
     )
     prepare_actors: int = Field(
-        2, ge=1, description="Most actors that parse, sign and segment records in parallel (scale to cores)."
+        2,
+        ge=1,
+        description="Actors that parse, validate, sign and segment records in parallel, all started up front "
+        "(one per core: they do most of the work); each takes one logical CPU.",
     )
 
     @model_validator(mode="after")

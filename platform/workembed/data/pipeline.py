@@ -155,7 +155,7 @@ def clean_stream(config: IngestConfig):
         AdPreparer,
         fn_constructor_kwargs={"config": config},
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=config.prepare_actors),
+        compute=ActorPoolStrategy(size=config.prepare_actors),
     )
     return ds.map_batches(
         Deduplicator,
@@ -301,9 +301,10 @@ def stage_table(records: int, reasons: dict[str, int]) -> list[dict[str, Any]]:
 
 
 def required_cpus(config: IngestConfig) -> float:
-    """Logical CPUs the stream holds at once: one preparer, the dedupe actor, the grounding actors and one
+    """Logical CPUs the stream holds at once: the preparers, the dedupe actor, the grounding actors and one
     reader. With fewer, the actors take every slot, the readers never start and the stream stalls."""
-    return 1 + INDEX_ACTOR_CPUS + config.ground.concurrency * config.ground.num_cpus + 1
+    grounding = config.ground.concurrency * config.ground.num_cpus
+    return config.prepare_actors + INDEX_ACTOR_CPUS + grounding + 1
 
 
 def check_cluster_cpus(config: IngestConfig, available: float) -> None:
@@ -311,9 +312,10 @@ def check_cluster_cpus(config: IngestConfig, available: float) -> None:
     if available < needed:
         raise ValueError(
             f"the Ray cluster has {available:g} logical CPUs; this ingest needs at least {needed:g} "
-            f"(1 preparer + {INDEX_ACTOR_CPUS:g} dedupe + {config.ground.concurrency} grounding actor(s) × "
-            f"{config.ground.num_cpus:g} + 1 reader): raise ray.num_cpus (a local instance may declare more "
-            "CPUs than cores) or lower ground.num_cpus / ground.concurrency"
+            f"({config.prepare_actors} preparer(s) + {INDEX_ACTOR_CPUS:g} dedupe + "
+            f"{config.ground.concurrency} grounding actor(s) × {config.ground.num_cpus:g} + 1 reader): "
+            "raise ray.num_cpus (a local instance may declare more "
+            "CPUs than cores) or lower prepare_actors / ground.num_cpus / ground.concurrency"
         )
 
 
