@@ -12,22 +12,27 @@ measured by the pipeline itself and reported.
 Phases (``--phases``, all by default):
 
 - ``throughput``: ads/s of ``clean_stream`` (read → parse/validate, MinHash, segment → ad and sentence
-  dedupe) over ``--ads`` ads on a fresh local ``ray.init(num_cpus=--ray-cpus)``, consumed by a
-  per-block count (only the counts reach the driver), versus a single-process baseline that reads the same
-  files with pandas and calls the same per-record functions in a loop (``parquet_rows_to_raw``,
-  ``AdPreparer.prepare``, ``Deduplicator.dedupe``; blocks of ``BASELINE_ROWS``). ``steady_ads_per_s``
-  leaves out the first output block, whose time includes starting the actors (an approximation: later blocks
-  were already under way).
+  dedupe) over ``--ads`` ads on a fresh local ``ray.init(num_cpus=--ray-cpus)``, consumed on the
+  driver block by block (each counted, then dropped; nothing accumulates), versus a single-process
+  baseline that reads the same files with pandas and calls the same per-record functions in a loop
+  (``parquet_rows_to_raw``, ``AdPreparer.prepare``, ``Deduplicator.dedupe``; blocks of
+  ``BASELINE_ROWS``). ``steady_ads_per_s`` leaves out the first output block, whose time includes starting
+  the actors (an approximation: later blocks were already under way).
   The baseline also gives the pickled size of the dedupe indexes once they have seen each
   ``--memory-scales`` prefix.
 - ``memory``: peak memory of ``clean_stream`` at each of ``--memory-scales`` (the throughput run is reused for
   the scale equal to ``--ads``), and ``validate``: of read + ``RecordParser`` only at ``--validate-scale``.
-  A background thread samples, every ``SAMPLE_SECONDS``, the summed RSS (and PSS, which counts shared pages
-  such as the object store once) of the driver and the Ray workers of this instance (processes under its
-  raylet or titled ``ray::``), minus the idle level measured after ``ray.init``; ``all_rss`` adds the Ray
-  system processes (raylet, GCS). Ray is restarted for every run. ``peak_mb_by_decile`` (peak per tenth of
-  the run's duration) shows growth within a run; memory per scale shows growth with N (expected: the
-  dedupe indexes only).
+  A background thread samples, every ``SAMPLE_SECONDS``, the summed RSS of the driver and the Ray workers of
+  this instance (processes under its raylet or titled ``ray::``), and on every ``FULL_SAMPLE_EVERY``-th
+  sample their PSS (shared pages such as the object store's counted once) and USS (private memory), which
+  need a page-table walk per process and would slow the measured run if taken every time; all minus the idle
+  level measured after ``ray.init``; ``all_rss`` adds the Ray system processes (raylet, GCS). USS is what
+  the processes hold themselves, the figure that must stay flat. The shared part is mostly the object
+  store's shared-memory arena: pages it has touched stay resident after their objects are freed, so it climbs
+  towards the arena's size and stays there; the local instance's store is ``--object-store-mb`` (recorded
+  as ``object_store_mb``), a bound that does not depend on the input. Ray is restarted for every run.
+  ``peak_mb_by_decile`` and ``peak_uss_mb_by_decile`` (peak per tenth of the run's duration) show growth
+  within a run; memory per scale shows growth with N (expected: the dedupe indexes only).
 - ``ground``: sentences/s of dense grounding through Ray Data (``ground_stream``: ``Grounder`` in an actor
   pool of 1, lexical matching off, titles blanked so that only sentences are embedded) over
   ``--ground-sentences`` sentences of segmented, deduplicated English ads (built with the baseline
@@ -46,6 +51,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import os
 import pickle
 import random
@@ -97,13 +103,15 @@ DEFAULTS: dict[str, object] = {
     "file_rows": 20_000,
     "seed": 0,
     "ray_cpus": 4,
+    "object_store_mb": 2048,
     "phases": list(PHASES),
 }
 SWAP_RATE = 0.1
 PARENTS = (2, 3)
 BASELINE_ROWS = 2000
 GROUND_BATCH_ADS = 256  # the batch size ``ground_stream`` gives the Grounder
-SAMPLE_SECONDS = 0.25
+SAMPLE_SECONDS = 0.5
+FULL_SAMPLE_EVERY = 4  # USS / PSS (a page-table walk per process) on every 4th sample only
 TARGET_RATIO = 1.5
 TARGET_OVERHEAD = 0.10
 MB = 1 << 20
@@ -159,6 +167,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive,
         default=d["ray_cpus"],
         help="logical CPUs of the local Ray instance (%(default)s)",
+    )
+    parser.add_argument(
+        "--object-store-mb",
+        type=positive,
+        default=d["object_store_mb"],
+        help="object store of the local Ray instance, MiB (%(default)s)",
     )
     parser.add_argument(
         "--phases",
@@ -270,8 +284,9 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def measure(self) -> dict[str, float]:
-        """MB: ``rss``/``pss`` of driver + workers, ``all_rss`` of every process of the instance."""
+    def measure(self, full: bool = True) -> dict[str, float]:
+        """MB: ``rss``/``pss``/``uss``/``shared`` of driver + workers, ``all_rss`` of every process of the
+        instance; without ``full`` only the cheap figures (``pss`` and ``uss`` are NaN)."""
         tree = self._driver.children(recursive=True)
         raylets = set()
         for process in tree:
@@ -280,7 +295,7 @@ class MemorySampler:
                     raylets.add(process.pid)
             except psutil.Error:
                 pass
-        figures = {"rss": 0.0, "pss": 0.0, "all_rss": 0.0}
+        figures = {"rss": 0.0, "pss": 0.0, "uss": 0.0, "shared": 0.0, "all_rss": 0.0}
         for process in [self._driver, *tree]:
             try:
                 worker = (
@@ -289,14 +304,19 @@ class MemorySampler:
                     or "ray::" in cmdline(process)
                 )
                 if worker:
-                    info = process.memory_full_info()
+                    info = process.memory_full_info() if full else process.memory_info()
                     figures["rss"] += info.rss / MB
-                    figures["pss"] += info.pss / MB
+                    figures["shared"] += info.shared / MB
                     figures["all_rss"] += info.rss / MB
+                    if full:
+                        figures["pss"] += info.pss / MB
+                        figures["uss"] += info.uss / MB
                 else:
                     figures["all_rss"] += process.memory_info().rss / MB
             except psutil.Error:  # the process ended between listing and reading
                 pass
+        if not full:
+            figures["pss"] = figures["uss"] = float("nan")
         return figures
 
     def idle(self, settle: float = 20.0) -> dict[str, float]:
@@ -318,8 +338,11 @@ class MemorySampler:
         self._stop.clear()
 
         def loop() -> None:
+            count = 0
             while not self._stop.is_set():
-                self._samples.append((time.monotonic() - started, self.measure()))
+                full = count % FULL_SAMPLE_EVERY == 0
+                self._samples.append((time.monotonic() - started, self.measure(full)))
+                count += 1
                 self._stop.wait(self._interval)
 
         self._thread = threading.Thread(target=loop, name="memory-sampler", daemon=True)
@@ -333,19 +356,27 @@ class MemorySampler:
     def peaks(self, idle: dict[str, float]) -> dict[str, object]:
         """Peak MB above the idle level, overall and per tenth of the run."""
         duration = max((t for t, _ in self._samples), default=0.0) or 1.0
-        deciles = [0.0] * 10
+        deciles, uss_deciles = [0.0] * 10, [0.0] * 10
         for t, sample in self._samples:
             slot = min(int(10 * t / duration), 9)
             deciles[slot] = max(deciles[slot], sample["rss"] - idle["rss"])
-        peak = {key: max((s[key] for _, s in self._samples), default=idle[key]) for key in idle}
+            if not math.isnan(sample["uss"]):
+                uss_deciles[slot] = max(uss_deciles[slot], sample["uss"] - idle["uss"])
+        peak = {
+            key: max((s[key] for _, s in self._samples if not math.isnan(s[key])), default=idle[key])
+            for key in idle
+        }
         return {
             "peak_rss_mb": round(peak["rss"] - idle["rss"], 1),
             "peak_pss_mb": round(peak["pss"] - idle["pss"], 1),
             "peak_all_rss_mb": round(peak["all_rss"] - idle["all_rss"], 1),
+            "peak_uss_mb": round(peak["uss"] - idle["uss"], 1),
+            "peak_shared_mb": round(peak["shared"] - idle["shared"], 1),
             "idle_rss_mb": round(idle["rss"], 1),
             "idle_all_rss_mb": round(idle["all_rss"], 1),
             "samples": len(self._samples),
             "peak_mb_by_decile": [round(value, 1) for value in deciles],
+            "peak_uss_mb_by_decile": [round(value, 1) for value in uss_deciles],
         }
 
 
@@ -353,11 +384,16 @@ class MemorySampler:
 
 
 @contextmanager
-def local_ray(num_cpus: int) -> Iterator[object]:
+def local_ray(num_cpus: int, object_store_mb: int | None = None) -> Iterator[object]:
     """A fresh local Ray instance for one run (shut down after it, so the next idle level is clean)."""
     import ray
 
-    ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING)
+    ray.init(
+        num_cpus=num_cpus,
+        object_store_memory=object_store_mb * MB if object_store_mb else None,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         yield ray
@@ -381,7 +417,7 @@ def validate_stream(config: IngestConfig):
             "languages": config.segment.detect_languages,
         },
         batch_format="pyarrow",
-        compute=ActorPoolStrategy(min_size=1, max_size=config.prepare_actors),
+        compute=ActorPoolStrategy(size=config.prepare_actors),
     )
 
 
@@ -405,14 +441,17 @@ def balance(totals: dict[str, int], reasons: dict[str, int], ads: int) -> dict[s
 
 
 def stream_counts(ds, key: str) -> dict[str, object]:
-    """Consume ``ds`` through per-block counts (only those reach the driver), noting when each arrives.
+    """Consume ``ds`` on the driver block by block (each block is counted, then dropped), noting when each
+    count arrives.
 
-    ``steady_per_s`` leaves out the first output block (whose time includes starting the actors) and is
-    None when there was a single block.
+    The count runs on the driver rather than as one more map operator: such an operator gets its own share
+    of the object-store budget, and when that share is spent the blocks waiting for it stall the stream
+    for minutes. ``steady_per_s`` leaves out the first output block (whose time includes starting the
+    actors) and is None when there was a single block.
     """
     arrivals, started = [], time.perf_counter()
-    for row in ds.map_batches(_counts, batch_format="pyarrow").iter_rows():
-        arrivals.append((time.perf_counter() - started, row))
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+        arrivals.append((time.perf_counter() - started, _counts(batch).to_pylist()[0]))
     seconds = time.perf_counter() - started
     totals, reasons, _ = _sum_counts([row for _, row in arrivals])
     first_at = arrivals[0][0] if arrivals else seconds
@@ -428,12 +467,15 @@ def stream_counts(ds, key: str) -> dict[str, object]:
     }
 
 
-def ray_run(files: list[str], ads: int, ray_cpus: int, validate_only: bool = False) -> dict[str, object]:
+def ray_run(
+    files: list[str], ads: int, ray_cpus: int, object_store_mb: int | None = None, validate_only: bool = False
+) -> dict[str, object]:
     """One streamed run on a fresh Ray instance: seconds, ads/s, row balance and memory above idle."""
     name = "read + validate" if validate_only else "clean_stream"
     sampler = MemorySampler()
-    with local_ray(ray_cpus):
+    with local_ray(ray_cpus, object_store_mb) as ray:
         idle = sampler.idle()
+        object_store_mb = round(ray.cluster_resources().get("object_store_memory", 0) / MB)
         config = ingest_config(files)
         ds = validate_stream(config) if validate_only else clean_stream(config)
         log(f"ray: {name} over {ads} ads ({len(files)} files), idle {idle['rss']:.0f} MB")
@@ -447,7 +489,7 @@ def ray_run(files: list[str], ads: int, ray_cpus: int, validate_only: bool = Fal
         "first_block_s": counted["first_block_s"],
         "steady_ads_per_s": counted["steady_per_s"],
         **balance(counted["totals"], counted["reasons"], ads),
-        "memory": sampler.peaks(idle),
+        "memory": {**sampler.peaks(idle), "object_store_mb": object_store_mb},
     }
     log(
         f"ray: {name} {ads} ads in {seconds:.1f}s ({ads / seconds:.0f} ads/s), "
@@ -670,6 +712,7 @@ def run(
     file_rows: int = DEFAULTS["file_rows"],
     seed: int = DEFAULTS["seed"],
     ray_cpus: int = DEFAULTS["ray_cpus"],
+    object_store_mb: int = DEFAULTS["object_store_mb"],
     phases: list[str] | None = None,
 ) -> dict[str, object]:
     _clock["started"] = time.monotonic()
@@ -690,6 +733,7 @@ def run(
         "file_rows": file_rows,
         "seed": seed,
         "ray_cpus": ray_cpus,
+        "object_store_mb": object_store_mb,
         "phases": phases,
     }
     figures: dict[str, object] = {"sizes": sizes, "full_scale": sizes == DEFAULTS}
@@ -718,17 +762,25 @@ def run(
         clean_runs: dict[int, dict[str, object]] = {}
         if "throughput" in phases:
             started = time.monotonic()
-            clean_runs[ads] = {"run": "throughput", **ray_run(files_for(files, ads), ads, ray_cpus)}
+            run_ray = ray_run(files_for(files, ads), ads, ray_cpus, object_store_mb)
+            clean_runs[ads] = {"run": "throughput", **run_ray}
             timings["throughput_ray"] = round(time.monotonic() - started, 1)
         if "memory" in phases:
             started = time.monotonic()
             for scale in memory_scales:
                 if scale not in clean_runs:
-                    clean_runs[scale] = {"run": "memory", **ray_run(files_for(files, scale), scale, ray_cpus)}
+                    run_ray = ray_run(files_for(files, scale), scale, ray_cpus, object_store_mb)
+                    clean_runs[scale] = {"run": "memory", **run_ray}
             timings["memory_ray"] = round(time.monotonic() - started, 1)
         if "validate" in phases:
             started = time.monotonic()
-            validate = ray_run(files_for(files, validate_scale), validate_scale, ray_cpus, validate_only=True)
+            validate = ray_run(
+                files_for(files, validate_scale),
+                validate_scale,
+                ray_cpus,
+                object_store_mb,
+                validate_only=True,
+            )
             timings["validate_ray"] = round(time.monotonic() - started, 1)
             figures["validate"] = {
                 key: validate[key]

@@ -135,6 +135,13 @@ class RayConfig(Config):
         description="Logical CPUs of a new local instance: more than cores, so that actors (preparers, "
         "grounding, training workers) never take every slot and starve the read tasks.",
     )
+    object_store_mb: int | None = Field(
+        None,
+        ge=64,
+        description="Object store of a new local instance, in MiB; null: Ray's default (30% of memory). "
+        "Ray Data keeps the blocks in flight within part of it, and the store's shared pages, once touched, "
+        "stay resident: a smaller store bounds the memory a long stream holds.",
+    )
 
     def connect(self) -> None:
         """Join the configured cluster (or ``$RAY_ADDRESS``, as in a submitted job), else start a local
@@ -145,7 +152,12 @@ class RayConfig(Config):
 
         if not ray.is_initialized():
             joining = self.address is not None or "RAY_ADDRESS" in os.environ
-            ray.init(address=self.address, num_cpus=None if joining else self.num_cpus)
+            local = not joining and self.object_store_mb is not None
+            ray.init(
+                address=self.address,
+                num_cpus=None if joining else self.num_cpus,
+                object_store_memory=self.object_store_mb * (1 << 20) if local else None,
+            )
 
 
 class IngestConfig(Config):
