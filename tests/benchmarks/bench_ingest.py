@@ -78,7 +78,7 @@ from workembed.data.pipeline import (
     _counts,
     _sum_counts,
     clean_stream,
-    read_source,
+    raw_stream,
     stage_table,
 )
 from workembed.data.read import parquet_rows_to_raw
@@ -406,10 +406,7 @@ def validate_stream(config: IngestConfig):
     """Read + parse/validate only: the reading and parsing of ``clean_stream``, built the same way."""
     from ray.data import ActorPoolStrategy
 
-    datasets = [read_source(source, config) for source in config.sources]
-    ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
-    ds = ds.repartition(target_num_rows_per_block=config.block_rows, strict=True)
-    return ds.map_batches(
+    return raw_stream(config).map_batches(
         RecordParser,
         fn_constructor_kwargs={
             "sources": config.sources,
@@ -475,7 +472,7 @@ def ray_run(
     sampler = MemorySampler()
     with local_ray(ray_cpus, object_store_mb) as ray:
         idle = sampler.idle()
-        object_store_mb = round(ray.cluster_resources().get("object_store_memory", 0) / MB)
+        store_mb = round(ray.cluster_resources().get("object_store_memory", 0) / MB)
         config = ingest_config(files)
         ds = validate_stream(config) if validate_only else clean_stream(config)
         log(f"ray: {name} over {ads} ads ({len(files)} files), idle {idle['rss']:.0f} MB")
@@ -489,7 +486,7 @@ def ray_run(
         "first_block_s": counted["first_block_s"],
         "steady_ads_per_s": counted["steady_per_s"],
         **balance(counted["totals"], counted["reasons"], ads),
-        "memory": {**sampler.peaks(idle), "object_store_mb": object_store_mb},
+        "memory": {**sampler.peaks(idle), "object_store_mb": store_mb},
     }
     log(
         f"ray: {name} {ads} ads in {seconds:.1f}s ({ads / seconds:.0f} ads/s), "

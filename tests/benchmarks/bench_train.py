@@ -111,21 +111,25 @@ def _steps(text: str) -> int:
     return value
 
 
+def parse_layout(layout: str) -> tuple[int, int]:
+    """``WORKERSxCPUS`` (e.g. ``2x1``): Ray Train workers and the CPUs (torch threads) of each."""
+    workers, _, cpus = layout.partition("x")
+    if not (workers.isdigit() and cpus.isdigit() and int(workers) >= 1 and int(cpus) >= 1):
+        raise ValueError(f"a layout is WORKERSxCPUS such as 2x1, got {layout!r}")
+    return int(workers), int(cpus)
+
+
 def _layouts(text: str) -> list[str]:
-    """``WORKERSxCPUS`` items, e.g. ``2x1,1x2``: Ray Train workers and the CPUs (torch threads) of each."""
+    """Comma-separated layouts, e.g. ``2x1,1x2`` (each checked by :func:`parse_layout`)."""
     layouts = [part.strip() for part in text.split(",") if part.strip()]
-    for layout in layouts:
-        workers, _, cpus = layout.partition("x")
-        if not (workers.isdigit() and cpus.isdigit() and int(workers) >= 1 and int(cpus) >= 1):
-            raise argparse.ArgumentTypeError(f"layouts are WORKERSxCPUS items such as 2x1,1x2, got {text!r}")
     if not layouts:
         raise argparse.ArgumentTypeError("give at least one layout, e.g. 2x1")
+    try:
+        for layout in layouts:
+            parse_layout(layout)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
     return layouts
-
-
-def parse_layout(layout: str) -> tuple[int, int]:
-    workers, _, cpus = layout.partition("x")
-    return int(workers), int(cpus)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -140,18 +140,22 @@ class Deduplicator:
         return rows
 
 
-def clean_stream(config: IngestConfig):
-    """Read → parse/validate, sign, segment → dedupe ads and sentences; lazy (runs when consumed)."""
-    from ray.data import ActorPoolStrategy
-
+def raw_stream(config: IngestConfig):
+    """The raw records of every configured source, cut into blocks of ``block_rows``; lazy."""
     if not config.sources:
         raise ValueError("ingest: no sources configured (sources: [...])")
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     # Streaming (no shuffle): a large file read as one block would go to a single preparer. Strict, so that
     # Ray does not fuse reading, cutting and preparing into one task per file.
-    ds = ds.repartition(target_num_rows_per_block=config.block_rows, strict=True)
-    ds = ds.map_batches(
+    return ds.repartition(target_num_rows_per_block=config.block_rows, strict=True)
+
+
+def clean_stream(config: IngestConfig):
+    """Read → parse/validate, sign, segment → dedupe ads and sentences; lazy (runs when consumed)."""
+    from ray.data import ActorPoolStrategy
+
+    ds = raw_stream(config).map_batches(
         AdPreparer,
         fn_constructor_kwargs={"config": config},
         batch_format="pyarrow",
