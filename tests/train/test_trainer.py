@@ -38,7 +38,24 @@ def make_config(tmp_path: Path, backbone: Path, name: str, **overrides) -> Train
 
 
 def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    return load_file(Path(model_dir) / "model.safetensors")
+    """The backbone's and (when the head has parameters) the head's weights of a model folder."""
+    found = load_file(Path(model_dir) / "model.safetensors")
+    head = Path(model_dir) / "head.safetensors"
+    if head.is_file():
+        found.update({f"head.{name}": value for name, value in load_file(head).items()})
+    return found
+
+
+PROJECTION_SIDES = {
+    "skill-alt": {"sides": ["skill", "skill"]},
+    "skill-job": {"sides": ["title", "skill"]},
+    "job-alt": {"sides": ["title", "title"]},
+}
+PROJECTION = {
+    "name": "projection",
+    "sides": {"title": 24, "skill": 24},
+    "input_sides": {"job_title": "title", "skill_name": "skill", "default": "skill"},
+}
 
 
 def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -49,18 +66,36 @@ def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     return float(difference.norm() / torch.cat([b[k].flatten() for k in sorted(b)]).norm())
 
 
-@pytest.mark.parametrize("head", [{"name": "mean"}, {"name": "late-interaction", "temperature": 0.1}])
-def test_gradient_caching_on_two_zero2_workers_equals_the_uncached_step(tmp_path, tiny_bert, head):
+@pytest.mark.parametrize(
+    ("head", "tasks", "steps"),
+    [
+        ({"name": "mean"}, None, 2),
+        ({"name": "late-interaction", "temperature": 0.1}, None, 2),
+        (PROJECTION, PROJECTION_SIDES, 2),
+        # Per-chunk backward calls sum the gradient in another order than one backward call (float noise,
+        # ~1e-6 relative after a step here). Adam's second step turns that noise into steps of full size
+        # where a gradient entry is near zero, which the BiLSTM has many of: compare after one step.
+        ({"name": "bilstm-attention"}, None, 1),
+    ],
+    ids=["mean", "late-interaction", "projection", "bilstm-attention"],
+)
+def test_gradient_caching_on_two_zero2_workers_equals_the_uncached_step(
+    tmp_path, tiny_bert, head, tasks, steps
+):
     """Dropout on (the tiny BERT's default 0.1): replayed RNG makes the cached step exact; in-batch negatives
-    are gathered from both workers (pooled, or token-level for late interaction)."""
-    model = {"head": head}
-    cached = run_train(make_config(tmp_path, tiny_bert, "cached", chunk_size=2, model=model))
-    plain = run_train(make_config(tmp_path, tiny_bert, "plain", chunk_size=2, grad_cache=False, model=model))
+    are gathered from both workers (pooled, or token-level for late interaction); a head's own parameters
+    (per-side projections, the BiLSTM) are trained and saved with the backbone."""
+    settings = {"model": {"head": head}, "steps": steps, **({"data": {"tasks": tasks}} if tasks else {})}
+    cached = run_train(make_config(tmp_path, tiny_bert, "cached", chunk_size=2, **settings))
+    plain = run_train(make_config(tmp_path, tiny_bert, "plain", chunk_size=2, grad_cache=False, **settings))
+    trained, reference = weights(cached["model"]), weights(plain["model"])
     initial = {k: v for k, v in weights(tiny_bert).items() if not k.startswith("pooler.")}
     assert cached["state"]["batches_digest"] == plain["state"]["batches_digest"]
-    assert relative_difference(weights(cached["model"]), weights(plain["model"])) < 1e-5
-    assert relative_difference(weights(cached["model"]), initial) > 1e-3  # the steps did change the weights
+    assert relative_difference(trained, reference) < 1e-5
+    backbone = {k: v for k, v in trained.items() if not k.startswith("head.")}
+    assert relative_difference(backbone, initial) > 1e-3  # the steps did change the weights
     assert cached["metrics"]["loss"] == pytest.approx(plain["metrics"]["loss"], rel=1e-5)
+    assert any(k.startswith("head.") for k in trained) == (head["name"] in ("projection", "bilstm-attention"))
 
 
 def test_a_killed_worker_resumes_from_the_s3_checkpoint_to_the_same_model(

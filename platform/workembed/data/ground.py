@@ -30,10 +30,11 @@ class LabelSpace:
 
     uris: list[str]
     labels: list[str]
+    kind: str = "skill_name"  # input type of the labels (a projection model's side)
     vectors: np.ndarray | None = None
 
     def fingerprint(self, model: str) -> str:
-        digest = hashlib.sha1(model.encode())
+        digest = hashlib.sha1(f"{model}\x1f{self.kind}".encode())
         for uri, label in zip(self.uris, self.labels, strict=True):
             digest.update(f"{uri}\x1f{label}\x1e".encode())
         return digest.hexdigest()[:20]
@@ -52,7 +53,7 @@ def occupation_space(taxonomy: Taxonomy, alt_labels: bool = True) -> LabelSpace:
     pairs = [(o.uri, o.preferred_label) for o in occupations]
     if alt_labels:
         pairs += [(o.uri, alt) for o in occupations for alt in o.alt_labels if alt != o.preferred_label]
-    return LabelSpace([u for u, _ in pairs], [label for _, label in pairs])
+    return LabelSpace([u for u, _ in pairs], [label for _, label in pairs], kind="job_title")
 
 
 def embed_space(space: LabelSpace, config: GroundConfig, log=print) -> LabelSpace:
@@ -67,7 +68,7 @@ def embed_space(space: LabelSpace, config: GroundConfig, log=print) -> LabelSpac
     encoder = Encoder(
         config.encoder.model, batch_size=config.encoder.batch_size, max_length=config.encoder.max_length
     )
-    space.vectors = encoder.embed(space.labels)
+    space.vectors = encoder.embed(space.labels, space.kind)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.save(cache, space.vectors)
     return space
@@ -140,7 +141,7 @@ class Grounder:
     def _dense_skills(self, sentences: list[str]) -> list[list[tuple[str, float, str]]]:
         if not sentences:
             return []
-        scores = self._encoder.embed(sentences) @ self._skills.vectors.T
+        scores = self._encoder.embed(sentences, "skill_sentence") @ self._skills.vectors.T
         return [
             [
                 (uri, score, "dense")
@@ -157,7 +158,9 @@ class Grounder:
         present = [i for i, title in enumerate(titles) if title.strip()]
         results: list[tuple[str | None, float | None]] = [(None, None)] * len(titles)
         if present:
-            scores = self._encoder.embed([titles[i] for i in present]) @ self._occupations.vectors.T
+            scores = (
+                self._encoder.embed([titles[i] for i in present], "job_title") @ self._occupations.vectors.T
+            )
             for i, row in zip(present, scores, strict=True):
                 best = top_matches(row, self._occupations.uris, 1, self._config.title_threshold)
                 if best:

@@ -35,6 +35,7 @@ import hashlib
 import html
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -270,6 +271,15 @@ def build_matching_edges(
         "rejected_by_reason": {str(reason): int(n) for reason, n in reasons.items()},
     }
     return edges, rejects, summary
+
+
+def held_out_projects(project_ids: Sequence[str], fraction: float, seed: int = 0) -> frozenset[str]:
+    """The projects held apart from training for evaluation: the ``round(fraction · n)`` ids with the
+    smallest SHA-256 of ``"<seed>\\0<id>"`` (a pure function of the ids, the fraction and the seed)."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction must lie in [0, 1), got {fraction}")
+    ranked = sorted(set(project_ids), key=lambda pid: hashlib.sha256(f"{seed}\0{pid}".encode()).digest())
+    return frozenset(ranked[: round(fraction * len(ranked))])
 
 
 def _read(path: str) -> list[dict[str, str]]:

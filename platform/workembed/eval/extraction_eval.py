@@ -323,7 +323,7 @@ def _skill_vectors(
     if given is None:
         if encoder is None:
             raise ValueError("give an encoder or skill_vectors to embed the skill space")
-        return target_embeddings(encoder, dataset.corpus, cache_dir, log)
+        return target_embeddings(encoder, dataset.corpus, cache_dir, log, kind="skill_name")
     if given.ndim != 2 or len(given) != len(dataset.corpus):
         raise ValueError(
             f"skill_vectors of shape {given.shape} for the {len(dataset.corpus)} skills of '{dataset.name}'"

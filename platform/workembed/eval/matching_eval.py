@@ -41,6 +41,7 @@ from workembed.eval.scoring import Log, encoder_ranking, say
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
+    from workembed.models.document_model import DocumentModel
 
 RANDOM = "random"
 Rankings = dict[str, list[str]]
@@ -66,6 +67,14 @@ class MatchingEvalConfig(EncoderEvalConfig):
     ks: list[PositiveInt] = Field(
         [10, 100], min_length=1, description="Cut-offs K of every metric; systems rank the top max(ks)."
     )
+    held_out: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="Evaluate only the projects a section-head training run held apart with this share "
+        "(`data.matching.held_out`) and `held_out_seed`; null: every project.",
+    )
+    held_out_seed: int = Field(0, description="`data.matching.split_seed` of that training run.")
     baselines: bool = Field(False, description="Also rank with BM25, character n-gram TF-IDF and at random.")
     seed: int = Field(0, description="Seed of the random baseline.")
     block_size: int = Field(1024, ge=1, description="Projects scored against all profiles at a time.")
@@ -88,7 +97,7 @@ def evaluate_matching(
     projects: Sequence[Item],
     profiles: Sequence[Item],
     interactions: Sequence[Interaction],
-    encoder: Encoder | None = None,
+    encoder: Encoder | DocumentModel | None = None,
     baselines: bool = False,
     ks: Sequence[int] = DEFAULT_KS,
     *,
@@ -97,7 +106,8 @@ def evaluate_matching(
     cache_dir: str | Path | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
-    """Rank ``profiles`` for each of ``projects`` with ``encoder`` and, with ``baselines``, BM25, TF-IDF and
+    """Rank ``profiles`` for each of ``projects`` with ``encoder`` (a text encoder on the texts, or a
+    section document model on the project and profile sections) and, with ``baselines``, BM25, TF-IDF and
     at random; the matching metrics of each system at each ``K`` of ``ks``."""
     queries, corpus = _texts(projects, "project"), _texts(profiles, "profile")
     _check_interactions(interactions, queries, corpus)
@@ -107,9 +117,19 @@ def evaluate_matching(
         raise ValueError("nothing to evaluate: give an encoder or set baselines")
     k = max(ks)
     rankers: dict[str, Callable[[], Rankings]] = {}
-    if encoder is not None:
+    if encoder is not None and is_document_model(encoder):
+        rankers[encoder.name] = lambda: document_rankings(encoder, projects, profiles, k, block_size)
+    elif encoder is not None:
         rankers[encoder.name] = lambda: encoder_ranking(
-            encoder, queries, corpus, k=k, cache_dir=cache_dir, block_size=block_size, log=log
+            encoder,
+            queries,
+            corpus,
+            k=k,
+            cache_dir=cache_dir,
+            block_size=block_size,
+            log=log,
+            query_kind="brief_string",
+            target_kind="candidate_profile_string",
         ).as_dict()
     if baselines:
         for name, rank in BASELINES.items():
@@ -147,13 +167,16 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
     projects, profiles, interactions = matching_dataset(
         folder, config.matching.model_copy(update={"directory": "."})
     )
+    if config.held_out is not None:
+        from workembed.data.matching import held_out_projects
+
+        kept = held_out_projects([p.id for p in projects], config.held_out, config.held_out_seed)
+        projects = [p for p in projects if p.id in kept]
+        interactions = [edge for edge in interactions if edge.project_id in kept]
+        say(log, f"{len(projects)} held-out projects (share {config.held_out}, seed {config.held_out_seed})")
     encoder = None
     if config.model is not None:
-        from workembed.models import Encoder
-
-        encoder = Encoder(
-            config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
-        )
+        encoder = load_matching_encoder(config)
     report = evaluate_matching(
         projects,
         profiles,
@@ -228,6 +251,43 @@ def write_matching_report(report: dict[str, Any], out: str | Path) -> tuple[Path
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def is_document_model(model: object) -> bool:
+    from workembed.models.document_model import DocumentModel
+
+    return isinstance(model, DocumentModel)
+
+
+def load_matching_encoder(config: MatchingEvalConfig) -> Encoder | DocumentModel:
+    """The model of ``config``: a section document model (two towers over project and profile sections)
+    when its folder says so, else a text encoder."""
+    from workembed.models import Encoder
+    from workembed.models.document_model import DocumentModel
+    from workembed.models.encoder import resolve_model_path
+    from workembed.models.work_encoder import read_model_info
+
+    path = resolve_model_path(config.model)
+    if read_model_info(path).get("pooling") == "section":
+        model = DocumentModel.load(path)
+        model.name = str(config.model)
+        return model
+    return Encoder(
+        config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
+    )
+
+
+def document_rankings(
+    model: DocumentModel, projects: Sequence[Item], profiles: Sequence[Item], k: int, block_size: int
+) -> Rankings:
+    """The top ``k`` profiles of each project by cosine of the section model's document embeddings."""
+    from workembed.eval.scoring import dense_top_k
+    from workembed.models.document_model import profile_document, project_document
+
+    queries = model.embed([project_document(item) for item in projects])
+    targets = model.embed([profile_document(item) for item in profiles])
+    indices, _ = dense_top_k(queries, targets, k, block_size)
+    return {item.id: [profiles[j].id for j in row] for item, row in zip(projects, indices, strict=True)}
 
 
 def _texts(items: Sequence[Item], kind: str) -> dict[str, str]:

@@ -66,17 +66,19 @@ class RayEmbedding(Config):
 
 
 class EmbedBatches:
-    """Ray Data callable: ``{index, text}`` batches in, ``{index, embedding}`` (L2-normalised) out."""
+    """Ray Data callable: ``{index, text}`` batches in, ``{index, embedding}`` (L2-normalised) out; ``kind``
+    (input type of the texts) picks a projection model's side."""
 
-    def __init__(self, model: str, batch_size: int, max_length: int, device: str):
+    def __init__(self, model: str, batch_size: int, max_length: int, device: str, kind: str | None = None):
         from workembed.models import Encoder
 
         self._encoder = Encoder(model, batch_size=batch_size, max_length=max_length, device=device)
+        self._kind = kind
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from workembed.eval.scoring import l2_normalize
 
-        vectors = l2_normalize(self._encoder.embed(batch[TEXT].tolist()))
+        vectors = l2_normalize(self._encoder.embed(batch[TEXT].tolist(), self._kind))
         return {INDEX: np.asarray(batch[INDEX], dtype=np.int64), EMBEDDING: vectors}
 
 
@@ -135,6 +137,7 @@ def embed_dataset(
     num_actors: int,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    kind: str | None = None,
 ) -> ray.data.Dataset:
     """``(index, embedding)`` rows of an ``(index, text)`` dataset, on a pool of ``num_actors`` encoders."""
     from ray.data import ActorPoolStrategy
@@ -146,6 +149,7 @@ def embed_dataset(
             "batch_size": batch_size,
             "max_length": max_length,
             "device": device,
+            "kind": kind,
         },
         batch_size=batch_size,
         batch_format="numpy",
@@ -185,9 +189,11 @@ def embed_with_ray(
     num_gpus: float = 0.0,
     rows_per_block: int | None = None,
     log: Callable[[str], None] | None = None,
+    kind: str | None = None,
 ) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings ``[len(texts), dim]`` of ``texts``, in input order, computed by
-    ``num_actors`` Ray Data actors that each load ``model`` (an alias or a directory every node reads).
+    """L2-normalised pooled embeddings ``[len(texts), dim]`` of ``texts`` (of input ``kind``), in input
+    order, computed by ``num_actors`` Ray Data actors that each load ``model`` (an alias or a directory
+    every node reads).
 
     Blocks hold ``rows_per_block`` texts (default: about ``BLOCKS_PER_ACTOR`` blocks per actor, at least one
     encoder batch and at most ``MAX_ROWS_PER_BLOCK`` texts each).
@@ -215,5 +221,6 @@ def embed_with_ray(
         num_actors=num_actors,
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        kind=kind,
     )
     return collect_in_order(embedded, len(texts))

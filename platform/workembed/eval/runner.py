@@ -154,6 +154,7 @@ def evaluate(
                 ray=ray,
                 block_size=block_size,
                 log=log,
+                **dict(zip(("query_kind", "target_kind"), input_kinds(dataset.meta), strict=True)),
             )
         }
         if baselines:
@@ -168,6 +169,29 @@ def evaluate(
             systems[name] = _summary(dataset, ranking, time.perf_counter() - started)
         report["results"][dataset.name] = systems
     return report
+
+
+INPUT_KIND_WORDS = (
+    ("sentence", "skill_sentence"),
+    ("skill", "skill_name"),
+    ("occupation", "job_title"),
+    ("job title", "job_title"),
+    ("project", "brief_string"),
+    ("profile", "candidate_profile_string"),
+)
+
+
+def input_kinds(meta: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The WorkRB input types of a dataset's queries and targets: ``meta["input_types"]`` (``{query,
+    target}``) when given, else read from its ``direction`` (e.g. ``job title -> occupation``: ``job_title``
+    both); None where neither says."""
+    given = meta.get("input_types") or {}
+    sides = [part.strip().lower() for part in str(meta.get("direction", "")).split("->")]
+    derived = [None, None]
+    if len(sides) == 2:
+        for position, text in enumerate(sides):
+            derived[position] = next((kind for word, kind in INPUT_KIND_WORDS if text.startswith(word)), None)
+    return given.get("query", derived[0]), given.get("target", derived[1])
 
 
 def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:

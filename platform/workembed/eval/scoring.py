@@ -124,12 +124,17 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 def pooled_embeddings(
-    encoder: Encoder, texts: Sequence[str], ray: RayEmbedding | None = None, log: Log | None = None
+    encoder: Encoder,
+    texts: Sequence[str],
+    ray: RayEmbedding | None = None,
+    log: Log | None = None,
+    kind: str | None = None,
 ) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings of ``texts``: by Ray Data actors when ``ray`` is given and there
-    are at least ``ray.min_texts`` texts, else by ``encoder`` in this process."""
+    """L2-normalised pooled embeddings of ``texts`` (of input ``kind``, which picks a projection model's
+    side): by Ray Data actors when ``ray`` is given and there are at least ``ray.min_texts`` texts, else by
+    ``encoder`` in this process."""
     if ray is None or len(texts) == 0 or len(texts) < ray.min_texts:
-        return l2_normalize(encoder.embed(texts))
+        return l2_normalize(encoder.embed(texts, kind))
     return embed_with_ray(
         model_reference(encoder),
         texts,
@@ -141,6 +146,7 @@ def pooled_embeddings(
         num_cpus=ray.num_cpus,
         num_gpus=ray.num_gpus,
         log=log,
+        kind=kind,
     )
 
 
@@ -197,11 +203,15 @@ def corpus_fingerprint(corpus: Mapping[str, str]) -> str:
     return digest.hexdigest()
 
 
-def target_cache_path(encoder: Encoder, corpus: Mapping[str, str], cache_dir: str | Path) -> Path:
-    """``<cache_dir>/<model>-<model hash>/<corpus hash>.npy``."""
+def target_cache_path(
+    encoder: Encoder, corpus: Mapping[str, str], cache_dir: str | Path, side: str | None = None
+) -> Path:
+    """``<cache_dir>/<model>-<model hash>/<corpus hash>[.<side>].npy`` (``side``: a projection model's side
+    that encoded the corpus)."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(encoder.name).name or "model")
     folder = Path(cache_dir).expanduser() / f"{slug}-{model_fingerprint(encoder)[:16]}"
-    return folder / f"{corpus_fingerprint(corpus)[:32]}.npy"
+    suffix = f".{side}" if side else ""
+    return folder / f"{corpus_fingerprint(corpus)[:32]}{suffix}.npy"
 
 
 def target_embeddings(
@@ -211,22 +221,24 @@ def target_embeddings(
     log: Log | None = None,
     *,
     ray: RayEmbedding | None = None,
+    kind: str | None = None,
 ) -> np.ndarray:
-    """Pooled, L2-normalised embeddings of the corpus texts, read from / written to the cache when given
-    (computed as :func:`pooled_embeddings` says when not cached)."""
-    path = target_cache_path(encoder, corpus, cache_dir) if cache_dir is not None else None
+    """Pooled, L2-normalised embeddings of the corpus texts (of input ``kind``), read from / written to the
+    cache when given (computed as :func:`pooled_embeddings` says when not cached)."""
+    side = encoder.side(kind)
+    path = target_cache_path(encoder, corpus, cache_dir, side) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             cached = np.load(path, allow_pickle=False)
         except (OSError, ValueError):
             cached = None
-        if cached is not None and cached.shape == (len(corpus), encoder.dim):
+        if cached is not None and cached.shape == (len(corpus), encoder.output_dim):
             if log is not None:
                 log(f"target embeddings from cache {path}")
             return cached
     if log is not None:
         log(f"embedding {len(corpus)} targets with {encoder.name}")
-    vectors = pooled_embeddings(encoder, list(corpus.values()), ray, log)
+    vectors = pooled_embeddings(encoder, list(corpus.values()), ray, log, kind)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npy")
@@ -250,17 +262,22 @@ def encoder_ranking(
     block_size: int = 1024,
     log: Log | None = None,
     ray: RayEmbedding | None = None,
+    query_kind: str | None = None,
+    target_kind: str | None = None,
 ) -> Ranking:
     """Rank the corpus for every query with ``encoder`` and ``scorer``; keep the top ``k``. With ``ray``,
-    large target spaces and (cosine) query sets are embedded by Ray Data actors."""
+    large target spaces and (cosine) query sets are embedded by Ray Data actors. ``query_kind`` and
+    ``target_kind`` (WorkRB input types) pick a projection model's side for each."""
     if scorer not in SCORERS:
         raise ValueError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
-    targets = target_embeddings(encoder, corpus, cache_dir, log, ray=ray)
+    if scorer == "late-interaction" and encoder.head is not None:
+        raise ValueError("late-interaction scoring works on models with mean pooling, not a trained head")
+    targets = target_embeddings(encoder, corpus, cache_dir, log, ray=ray, kind=target_kind)
     texts = list(queries.values())
     if log is not None:
         log(f"embedding {len(texts)} queries ({scorer})")
     if scorer == "cosine":
-        pooled = pooled_embeddings(encoder, texts, ray, log)
+        pooled = pooled_embeddings(encoder, texts, ray, log, query_kind)
         indices, scores = dense_top_k(pooled, targets, k, block_size)
     else:
         # token embeddings are computed per block of queries, so they are never all held at once

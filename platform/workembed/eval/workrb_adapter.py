@@ -193,12 +193,25 @@ def _model_class() -> type:
         def classification_label_space(self) -> list[str] | None:
             return None  # no classification head: classification ranks the label texts
 
-        def scores(self, queries: Sequence[str], targets: Sequence[str]) -> np.ndarray:
-            """``[len(queries), len(targets)]`` float32 scores."""
+        def scores(
+            self,
+            queries: Sequence[str],
+            targets: Sequence[str],
+            query_kind: str | None = None,
+            target_kind: str | None = None,
+        ) -> np.ndarray:
+            """``[len(queries), len(targets)]`` float32 scores; the kinds (WorkRB input types) pick a
+            projection model's side for queries and targets."""
             corpus = {str(position): text for position, text in enumerate(targets)}
-            pooled_targets = target_embeddings(self.encoder, corpus, self.cache_dir, self.log, ray=self.ray)
+            pooled_targets = target_embeddings(
+                self.encoder, corpus, self.cache_dir, self.log, ray=self.ray, kind=target_kind
+            )
             if self.scorer == "cosine":
-                return pooled_embeddings(self.encoder, list(queries), self.ray, self.log) @ pooled_targets.T
+                queries = list(queries)
+                return (
+                    pooled_embeddings(self.encoder, queries, self.ray, self.log, query_kind)
+                    @ pooled_targets.T
+                )
             out = np.empty((len(queries), len(targets)), dtype=np.float32)
             for start in range(0, len(queries), self.block_size):
                 stop = min(start + self.block_size, len(queries))
@@ -209,13 +222,20 @@ def _model_class() -> type:
         def _compute_rankings(self, queries, targets, query_input_type=None, target_input_type=None):
             import torch
 
-            return torch.from_numpy(self.scores(queries, targets))
+            return torch.from_numpy(
+                self.scores(queries, targets, _kind(query_input_type), _kind(target_input_type))
+            )
 
         def _compute_classification(self, texts, targets, input_type=None, target_input_type=None):
             return self._compute_rankings(texts, targets, input_type, target_input_type)
 
     WorkembedModel.__module__ = __name__
     return WorkembedModel
+
+
+def _kind(input_type) -> str | None:
+    """The value of a WorkRB ``ModelInputType`` (or None)."""
+    return None if input_type is None else str(getattr(input_type, "value", input_type))
 
 
 # ------------------------------------------------------------------------------------------------- task

@@ -94,7 +94,8 @@ class TokenEmbeddings:
 
 
 class Encoder:
-    """A transformer encoder with mean pooling; batched, deterministic, inference only."""
+    """A transformer encoder with its pooling head (mean, or the trained head a workembed model folder
+    holds); batched, deterministic, inference only."""
 
     def __init__(
         self,
@@ -115,17 +116,47 @@ class Encoder:
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        self.head, self.input_sides = load_head(self.path, self.dim, self.device)
 
     @property
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Mean-pooled embeddings ``[len(texts), dim]`` (L2-normalised when ``normalize``)."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+    @property
+    def output_dim(self) -> int:
+        """Width of :meth:`embed`'s vectors (the head's, when it has one)."""
+        if self.head is None:
+            return self.dim
+        sides = getattr(self.head, "sides", None)
+        return int(next(iter(sides.values()))) if sides else int(self.head.output_dim)
+
+    def side(self, kind: str | None) -> str | None:
+        """The projection side that encodes texts of input ``kind`` (a WorkRB input type such as
+        ``job_title``; None: unstated), or None for a model without sides."""
+        if not isinstance(getattr(self.head, "sides", None), dict):
+            return None
+        side = self.input_sides.get(kind or "default", self.input_sides.get("default"))
+        if side is None:
+            raise ValueError(
+                f"this model projects each kind of text through its own side; it has none for kind "
+                f"'{kind}' (input_sides: {self.input_sides}; add a 'default')"
+            )
+        return side
+
+    def embed(self, texts: Sequence[str], kind: str | None = None) -> np.ndarray:
+        """Pooled embeddings ``[len(texts), output_dim]`` (L2-normalised when ``normalize``); ``kind``
+        picks the side of a projection head (see :meth:`side`)."""
+        side = self.side(kind)
+        out = np.zeros((len(texts), self.output_dim), dtype=np.float32)
         for index, hidden, mask, _ in self._batches(texts):
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            with torch.inference_mode():
+                if self.head is None:
+                    weights = mask.unsqueeze(-1).to(hidden.dtype)
+                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                elif side is not None:
+                    pooled = self.head(hidden, mask, side)
+                else:
+                    pooled = self.head(hidden, mask)
             if self.normalize:
                 pooled = torch.nn.functional.normalize(pooled, dim=-1)
             out[index] = pooled.float().cpu().numpy()
@@ -153,3 +184,25 @@ class Encoder:
             with torch.inference_mode():
                 hidden = self.model(**model_inputs).last_hidden_state
             yield index, hidden, model_inputs["attention_mask"], encoded
+
+
+def load_head(path: Path, hidden_size: int, device: torch.device) -> tuple[torch.nn.Module | None, dict]:
+    """The trained pooling head of a workembed model folder (None for mean pooling) and its input sides."""
+    from workembed.models.heads import HeadConfig, build_head
+    from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
+
+    info = read_model_info(path).get("head")
+    weights = path / HEAD_WEIGHTS_FILE
+    if not info or not weights.is_file():
+        return None, {}
+    from safetensors.torch import load_file
+
+    config = HeadConfig.model_validate(info)
+    if config.name == "section":
+        raise ValueError(
+            f"{path} is a section document model (projects and profiles as sections): load it with "
+            "workembed.models.document_model.DocumentModel or evaluate it with `workembed eval matching`"
+        )
+    head = build_head(config, hidden_size)
+    head.load_state_dict(load_file(str(weights)))
+    return head.to(device).eval(), dict(config.input_sides)

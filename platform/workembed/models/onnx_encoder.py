@@ -119,8 +119,24 @@ def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike) -> None:
     os.replace(partial, target)
 
 
+def check_mean_pooling(path: Path) -> None:
+    """Refuse a model folder whose embedding needs a trained head (the ONNX graph is the backbone only)."""
+    from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
+
+    if (Path(path) / HEAD_WEIGHTS_FILE).is_file():
+        head = read_model_info(path).get("head", {}).get("name")
+        raise ValueError(
+            f"model {path} pools with a trained '{head}' head; the ONNX runtimes serve mean-pooling models: "
+            "use runtime 'torch'"
+        )
+
+
 class OnnxEncoder:
-    """A transformer encoder with mean pooling on ONNX Runtime (CPU); the interface of ``Encoder``."""
+    """A transformer encoder with mean pooling on ONNX Runtime (CPU); the interface of ``Encoder``. Models
+    with a trained pooling head (projection, BiLSTM) run on torch (:class:`~workembed.models.Encoder`)."""
+
+    head = None
+    input_sides: dict[str, str] = {}
 
     def __init__(
         self,
@@ -144,6 +160,7 @@ class OnnxEncoder:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.name = str(name_or_path)
         self.path = resolve_model_path(name_or_path)
+        check_mean_pooling(self.path)
         self.max_length = max_length
         self.batch_size = batch_size
         self.normalize = normalize
@@ -177,8 +194,17 @@ class OnnxEncoder:
     def dim(self) -> int:
         return self._dim
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Mean-pooled embeddings ``[len(texts), dim]`` (L2-normalised when ``normalize``)."""
+    @property
+    def output_dim(self) -> int:
+        return self._dim
+
+    def side(self, kind: str | None = None) -> None:
+        """Mean-pooling models have no sides."""
+        return None
+
+    def embed(self, texts: Sequence[str], kind: str | None = None) -> np.ndarray:
+        """Mean-pooled embeddings ``[len(texts), dim]`` (L2-normalised when ``normalize``); ``kind`` is
+        accepted for the interface of ``Encoder`` and has no effect."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for index, hidden, mask, _ in self._batches(texts):
             weights = mask[..., None].astype(np.float32)

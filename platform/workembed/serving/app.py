@@ -85,10 +85,11 @@ class EncoderCall:
     tokens: bool = False
     space: str = ""
     k: int = 0
+    kind: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.model, self.op, self.tokens, self.space)
+        return (self.model, self.op, self.tokens, self.space, self.kind)
 
 
 def run_batch(calls: Sequence[EncoderCall]) -> list[Any]:
@@ -117,9 +118,9 @@ def _run_group(calls: Sequence[EncoderCall]) -> list[Any]:
         return [model.extract_ad(call.texts[0]) for call in calls]
     texts = [text for call in calls for text in call.texts]
     if first.op == "embed":
-        flat = model.embed(texts, tokens=first.tokens)
+        flat = model.embed(texts, tokens=first.tokens, kind=first.kind)
     elif first.op == "rank":
-        flat = model.rank(texts, first.space, max(call.k for call in calls))
+        flat = model.rank(texts, first.space, max(call.k for call in calls), kind=first.kind)
     else:
         flat = model.extract(texts)
     outputs, start = [], 0
@@ -234,10 +235,13 @@ class ModelServer:
             raise result
         return result
 
-    async def embed_documents(self, model: ServedModel, documents: list[list[str]]) -> list[list[float]]:
-        """One vector per document: the L2-normalised mean of its parts' pooled embeddings."""
+    async def embed_documents(
+        self, model: ServedModel, documents: list[list[str]], kind: str
+    ) -> list[list[float]]:
+        """One vector per document (texts of input ``kind``): the L2-normalised mean of its parts' pooled
+        embeddings."""
         parts = tuple(text for document in documents for text in document)
-        embedded = await self.submit(EncoderCall(model, "embed", parts))
+        embedded = await self.submit(EncoderCall(model, "embed", parts, kind=kind))
         vectors = np.asarray([item["embedding"] for item in embedded], dtype=np.float32)
         bounds = np.cumsum([0] + [len(document) for document in documents])
         means = np.stack([vectors[a:b].mean(axis=0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
@@ -385,19 +389,25 @@ def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConf
 
     @v1.post("/embed", response_model=EmbedResponse, summary="Pooled (and token-level) embeddings.")
     async def embed(body: EmbedRequest, model: Selected) -> Any:
-        embeddings = await encode(EncoderCall(model, "embed", tuple(body.texts), tokens=body.tokens))
+        embeddings = await encode(
+            EncoderCall(model, "embed", tuple(body.texts), tokens=body.tokens, kind=body.kind)
+        )
         return {"model": model.version, "embeddings": embeddings}
 
     @v1.post("/rank", response_model=RankResponse, summary="The k best targets of a space per text.")
     async def rank(body: RankRequest, model: Selected) -> Any:
-        results = await encode(EncoderCall(model, "rank", tuple(body.texts), space=body.space, k=body.k))
+        results = await encode(
+            EncoderCall(model, "rank", tuple(body.texts), space=body.space, k=body.k, kind=body.kind)
+        )
         return {"model": model.version, "space": body.space, "results": results}
 
     @v1.post(
         "/normalize/title", response_model=NormalizeTitlesResponse, summary="Job titles → ESCO occupations."
     )
     async def normalize_title(body: NormalizeTitlesRequest, model: Selected) -> Any:
-        results = await encode(EncoderCall(model, "rank", tuple(body.titles), space=OCCUPATIONS, k=body.k))
+        results = await encode(
+            EncoderCall(model, "rank", tuple(body.titles), space=OCCUPATIONS, k=body.k, kind="job_title")
+        )
         return {"model": model.version, "results": results}
 
     @v1.post("/extract", response_model=ExtractResponse, summary="ESCO skills per sentence, with spans.")
@@ -411,14 +421,20 @@ def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConf
 
     @v1.post("/match", response_model=MatchResponse, summary="The best indexed profiles for a project.")
     async def match(body: MatchRequest, model: Selected) -> Any:
-        (vector,) = await answer(server.embed_documents(model, [body.sections or [body.document]]))
+        (vector,) = await answer(
+            server.embed_documents(model, [body.sections or [body.document]], "brief_string")
+        )
         hits = await answer(matcher.search.remote(model.version, vector, body.k, body.filters))
         return {"model": model.version, "results": hits}
 
     @v1.post("/profiles", response_model=ProfilesResponse, summary="Insert or replace profiles.")
     async def upsert_profiles(body: ProfilesRequest, model: Selected) -> Any:
         profiles = [profile.model_dump() for profile in body.profiles]
-        vectors = await answer(server.embed_documents(model, [[profile["text"]] for profile in profiles]))
+        vectors = await answer(
+            server.embed_documents(
+                model, [[profile["text"]] for profile in profiles], "candidate_profile_string"
+            )
+        )
         counts = await answer(matcher.upsert.remote(model.version, profiles, vectors))
         return {"model": model.version, **counts}
 

@@ -96,7 +96,7 @@ class ServedModel:
         self.info: dict[str, Any] = {
             **read_model_info(self.path),
             "extraction_threshold": self.settings.threshold if self.settings else None,
-            "dim": self.encoder.dim,
+            "dim": self.encoder.output_dim,
             "runtime": config.runtime,
         }
         self.catalog = catalog or SpaceCatalog.from_config(config)
@@ -105,7 +105,7 @@ class ServedModel:
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.encoder.output_dim
 
     def spaces(self) -> list[str]:
         """Names of the target spaces this model ranks."""
@@ -119,7 +119,9 @@ class ServedModel:
             with self._lock:
                 if space not in self._targets:
                     cache = Path(self.config.cache_dir).expanduser() / "targets" / self.config.runtime
-                    vectors = target_embeddings(self.encoder, target_space.corpus(), cache)
+                    vectors = target_embeddings(
+                        self.encoder, target_space.corpus(), cache, kind=target_space.kind
+                    )
                     self._targets[space] = l2_normalize(vectors.astype(np.float32))
         return self._targets[space]
 
@@ -128,12 +130,12 @@ class ServedModel:
         for space in self.spaces():
             self.targets(space)
 
-    def embed(self, texts: list[str], tokens: bool = False) -> list[dict[str, Any]]:
+    def embed(self, texts: list[str], tokens: bool = False, kind: str | None = None) -> list[dict[str, Any]]:
         """Per text ``{"embedding": [...]}`` (mean pooled, L2-normalised); with ``tokens`` also
         ``"tokens": [{"token", "start", "end", "embedding"}]`` for the non-special tokens (L2-normalised;
         the pooled vector is then their mean over all tokens, from the same forward pass)."""
         if not tokens:
-            return [{"embedding": row.tolist()} for row in l2_normalize(self.encoder.embed(texts))]
+            return [{"embedding": row.tolist()} for row in l2_normalize(self.encoder.embed(texts, kind))]
         out = []
         for output in self.encoder.embed_tokens(texts):
             pooled = l2_normalize(output.vectors.mean(axis=0, keepdims=True))[0]
@@ -152,16 +154,18 @@ class ServedModel:
             )
         return out
 
-    def rank(self, texts: list[str], space: str, k: int) -> list[list[dict[str, Any]]]:
-        """Per text the ``k`` best targets of ``space`` by cosine: ``[{"id", "label", "score"}]``, best
-        first."""
+    def rank(
+        self, texts: list[str], space: str, k: int, kind: str | None = None
+    ) -> list[list[dict[str, Any]]]:
+        """Per text (of input ``kind``) the ``k`` best targets of ``space`` by cosine:
+        ``[{"id", "label", "score"}]``, best first."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         targets = self.targets(space)
         target_space = self.catalog.get(space)
         if not texts:
             return []
-        indices, scores = dense_top_k(l2_normalize(self.encoder.embed(texts)), targets, k)
+        indices, scores = dense_top_k(l2_normalize(self.encoder.embed(texts, kind)), targets, k)
         return [
             [
                 {"id": target_space.ids[j], "label": target_space.labels[j], "score": float(score)}
@@ -172,7 +176,7 @@ class ServedModel:
 
     def normalize_titles(self, titles: list[str], k: int) -> list[list[dict[str, Any]]]:
         """The ``k`` best ESCO occupations of each job title."""
-        return self.rank(titles, OCCUPATIONS, k)
+        return self.rank(titles, OCCUPATIONS, k, kind="job_title")
 
     def extract(self, sentences: list[str]) -> list[list[dict[str, Any]]]:
         """Per sentence the ESCO skills above the calibrated threshold that survive the redundancy filter,

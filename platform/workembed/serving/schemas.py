@@ -8,12 +8,26 @@ unknown fields are errors. A pydantic ``ValidationError`` (FastAPI: 422) gives t
 """
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from workembed.serving.config import LimitsConfig, ProfileIndexConfig
 from workembed.serving.profiles import check_filters
+
+InputKind = Literal[
+    "job_title",
+    "skill_name",
+    "skill_sentence",
+    "brief_string",
+    "search_query_string",
+    "candidate_profile_string",
+]
+KIND_DESCRIPTION = (
+    "What the texts are (job_title, skill_name, skill_sentence, brief_string, search_query_string, "
+    "candidate_profile_string): a model with per-side projections embeds each kind through its side; "
+    "null: the model's default side. No effect on other models."
+)
 
 DEFAULT_MAX_PROFILES = ProfileIndexConfig.model_fields["max_profiles_per_request"].default
 FilterValue = str | bool | int | list[str] | list[int]
@@ -65,8 +79,9 @@ def request_models(
     class EmbedRequest(Body):
         """Texts to embed."""
 
-        texts: Texts = Field(description="Texts to embed (mean pooled, L2-normalised).")
+        texts: Texts = Field(description="Texts to embed (pooled, L2-normalised).")
         tokens: bool = Field(False, description="Also return the token embeddings with their offsets.")
+        kind: InputKind | None = Field(None, description=KIND_DESCRIPTION)
 
     class RankRequest(Body):
         """Texts to rank a target space for."""
@@ -74,6 +89,7 @@ def request_models(
         texts: Texts = Field(description="Query texts (skills, titles, sentences, ...).")
         space: Text = Field(description="Target space: esco-skills, esco-occupations or a custom space.")
         k: K = Field(min(10, limits.max_k), description="Targets returned per text.")
+        kind: InputKind | None = Field(None, description=KIND_DESCRIPTION)
 
     class NormalizeTitlesRequest(Body):
         """Job titles to map to ESCO occupations."""

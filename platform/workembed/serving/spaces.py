@@ -40,6 +40,7 @@ class TargetSpace:
     labels: tuple[str, ...]
     texts: tuple[str, ...]
     description: str = ""
+    kind: str | None = None  # input type of the texts (picks a projection model's side; None: its default)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -59,9 +60,9 @@ def esco_spaces(location: str) -> dict[str, TargetSpace]:
 
     taxonomy = load_esco(location)
     spaces = {}
-    for name, concepts, what in (
-        ("esco-skills", taxonomy.skills, "skills"),
-        ("esco-occupations", taxonomy.occupations, "occupations"),
+    for name, concepts, what, kind in (
+        ("esco-skills", taxonomy.skills, "skills", "skill_name"),
+        ("esco-occupations", taxonomy.occupations, "occupations", "job_title"),
     ):
         labels = tuple(" ".join(concept.preferred_label.split()) for concept in concepts.values())
         spaces[name] = TargetSpace(
@@ -70,6 +71,7 @@ def esco_spaces(location: str) -> dict[str, TargetSpace]:
             labels=labels,
             texts=labels,
             description=f"ESCO {what} ({location}): id = concept URI, matched on the preferred label",
+            kind=kind,
         )
     return spaces
 

@@ -9,9 +9,12 @@ from pydantic import Field, field_validator, model_validator
 
 from workembed.config import Config
 from workembed.data.config import RayConfig, StorageConfig
+from workembed.data.matching import MatchingConfig
 from workembed.models.heads import HeadConfig
 
-TRAINABLE_HEADS = ("mean", "late-interaction")
+TRAINABLE_HEADS = ("mean", "late-interaction", "token-attention", "projection", "bilstm-attention", "section")
+TOKEN_HEADS = ("late-interaction", "token-attention")
+"""Heads that score the left text's tokens against the right text's pooled embedding (the same score)."""
 
 
 class TaskConfig(Config):
@@ -20,10 +23,49 @@ class TaskConfig(Config):
     weight: float = Field(1.0, gt=0, description="Sampling weight: share of each batch drawn from this task.")
     temperature: float = Field(0.05, gt=0, description="InfoNCE temperature of this task's rows.")
     loss_weight: float = Field(1.0, ge=0, description="Weight of this task's rows in the loss.")
+    sides: tuple[str, str] | None = Field(
+        None,
+        description="Projection sides of this task's left and right texts, e.g. [title, skill] for job "
+        "title → skill (projection head; required there).",
+    )
 
 
 def default_tasks() -> dict[str, TaskConfig]:
     return {name: TaskConfig() for name in ("skill-alt", "skill-job", "job-alt")}
+
+
+class MatchingTrainConfig(Config):
+    """Project–profile documents for the Malt two-tower model (``model.head.name: section``)."""
+
+    source: MatchingConfig = Field(
+        default_factory=MatchingConfig,
+        description="The matching folder (`directory`, relative to the data root) and the rules that label "
+        "project–profile pairs +1 / -1 (those of `workembed eval matching`).",
+    )
+    held_out: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of projects held apart for evaluation (`workembed eval matching --set "
+        "held_out=...` with the same `split_seed` evaluates on exactly them).",
+    )
+    split_seed: int = Field(0, description="Seed of the held-out projects.")
+    positives_per_project: int = Field(2, ge=1, description="Positive profiles drawn per batch project.")
+    negatives_per_project: int = Field(2, ge=0, description="Negative profiles drawn per batch project.")
+    loss: Literal["adjacency-infonce", "adjacency-triplet"] = Field(
+        "adjacency-infonce", description="Malt's loss over the batch's extended adjacency."
+    )
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature (adjacency-infonce).")
+    margin: float = Field(0.2, gt=0, description="Triplet margin (adjacency-triplet).")
+    transitive: bool = Field(
+        True, description="Relate two profiles that are positives of the same batch project."
+    )
+    weak_negatives: bool = Field(
+        True,
+        description="An unlabelled batch pair whose resume category is outside the project category's "
+        "compatible ones is a weak negative (-1).",
+    )
+    max_section_length: int = Field(128, ge=8, description="Tokens per section; longer ones are truncated.")
 
 
 class TrainDataConfig(Config):
@@ -54,11 +96,20 @@ class TrainDataConfig(Config):
     min_weight: float = Field(
         0.0, description="Edges with a lower weight are not positives (project-profile negatives are -1)."
     )
+    matching: MatchingTrainConfig | None = Field(
+        None,
+        description="Section-structured projects and profiles with labelled pairs: the data of the `section` "
+        "head, which trains on them alone (no edges).",
+    )
 
     @model_validator(mode="after")
     def _has_source(self) -> TrainDataConfig:
+        if self.matching is not None:
+            if self.edges or self.esco is not None:
+                raise ValueError("`matching` documents train the section head alone: drop `edges` and `esco`")
+            return self
         if not self.edges and self.esco is None:
-            raise ValueError("give `edges` datasets, an `esco` export, or both")
+            raise ValueError("give `edges` datasets, an `esco` export, or both (or `matching` documents)")
         if not self.tasks:
             raise ValueError("`tasks` is empty: name at least one edge task to train on")
         return self
@@ -71,18 +122,20 @@ class ModelConfig(Config):
     max_length: int = Field(64, ge=8, description="Tokens per text; longer texts are truncated.")
     head: HeadConfig = Field(
         default_factory=lambda: HeadConfig(name="mean"),
-        description="How pairs are scored: 'mean' (cosine of mean-pooled embeddings) or 'late-interaction' "
-        "(UWE: the left text's tokens against the right text's pooled embedding, token softmax temperature "
-        "`temperature`).",
+        description="How texts are embedded and pairs scored: 'mean' (cosine of mean-pooled embeddings), "
+        "'late-interaction' (UWE: the left text's tokens against the right text's pooled embedding, token "
+        "softmax temperature `temperature`; 'token-attention', ConTeXT-match's name for the same score, "
+        "trains the same way), 'projection' (JobBERT-v2: mean pooling then a linear map per side; each "
+        "task names its sides in `data.tasks.<task>.sides`; `input_sides` says which side encodes which "
+        "kind of text at inference) or 'bilstm-attention' (a BiLSTM with attention pooling "
+        "over the backbone's tokens).",
     )
 
     @field_validator("head")
     @classmethod
     def _trainable_head(cls, head: HeadConfig) -> HeadConfig:
         if head.name not in TRAINABLE_HEADS:
-            raise ValueError(
-                f"head '{head.name}' is not trained on edges; use one of {', '.join(TRAINABLE_HEADS)}"
-            )
+            raise ValueError(f"head '{head.name}' is not trainable; use one of {', '.join(TRAINABLE_HEADS)}")
         return head
 
 
@@ -159,7 +212,10 @@ class TrainConfig(Config):
     )
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(
-        64, ge=2, description="Logical contrastive batch (pairs per optimizer step, over all workers)."
+        64,
+        ge=2,
+        description="Logical contrastive batch per optimizer step, over all workers: pairs (edges) or "
+        "projects (section head, each with its drawn profiles).",
     )
     chunk_size: int = Field(
         32, ge=1, description="Texts encoded at a time per worker and side (the activation memory bound)."
@@ -188,6 +244,37 @@ class TrainConfig(Config):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @model_validator(mode="after")
+    def _documents_for_the_section_head(self) -> TrainConfig:
+        sections, documents = self.model.head.name == "section", self.data.matching is not None
+        if sections and not documents:
+            raise ValueError("the section head trains on `data.matching` documents: give them")
+        if documents and not sections:
+            raise ValueError("`data.matching` documents train the section head: set model.head.name: section")
+        return self
+
+    @model_validator(mode="after")
+    def _task_sides(self) -> TrainConfig:
+        head = self.model.head
+        with_sides = sorted(name for name, task in self.data.tasks.items() if task.sides is not None)
+        if head.name != "projection":
+            if with_sides:
+                raise ValueError(
+                    f"tasks {', '.join(with_sides)} name sides, which only a projection head has"
+                )
+            return self
+        missing = sorted(set(self.data.tasks) - set(with_sides))
+        if missing:
+            raise ValueError(f"a projection head needs `sides` for every task; missing: {', '.join(missing)}")
+        unknown = sorted({s for task in self.data.tasks.values() for s in task.sides if s not in head.sides})
+        if unknown:
+            raise ValueError(f"tasks name sides {', '.join(unknown)} not in model.head.sides")
+        if len(set(head.sides.values())) != 1:
+            raise ValueError(f"trained projection sides need one output dimension, got {head.sides}")
+        if not head.input_sides:
+            raise ValueError("a projection head needs `input_sides` (which side encodes which kind of text)")
+        return self
 
     @model_validator(mode="after")
     def _batch_splits(self) -> TrainConfig:

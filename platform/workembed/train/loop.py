@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from workembed.train.batches import Batch, EdgeGraph
-from workembed.train.config import TrainConfig
+from workembed.train.config import TOKEN_HEADS, TrainConfig
 
 CHECKPOINT_TAG = "engine"
 STATE_FILE = "trainer_state.json"
@@ -44,7 +44,10 @@ def train_worker(payload: dict[str, Any]) -> None:
     graph = load_graph(config, payload["held_out"])
     torch.manual_seed(config.seed)  # identical initial weights of any newly built layer on every worker
     model = WorkEncoder(
-        config.model.backbone, max_length=config.model.max_length, normalize=config.model.head.normalize
+        config.model.backbone,
+        max_length=config.model.max_length,
+        normalize=config.model.head.normalize,
+        head=config.model.head,
     )
     adamw = optimizer(model.parameters(), config)
     engine, _, _, _ = deepspeed.initialize(
@@ -112,13 +115,19 @@ def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config:
 
     part = batch.shard(rank, world)
     size = config.chunk_size
-    if config.model.head.name == "late-interaction":  # token-level left side: one length for all chunks
-        left = split_batch(model.tokenize(batch.left[part], tokens=True), size)
+    left_sides, right_sides = row_sides(config, loss.task_names, batch, part, model.sides)
+    if config.model.head.name in TOKEN_HEADS:  # token-level left side: one length for all chunks
+        left, left_restore = split_batch(model.tokenize(batch.left[part], tokens=True), size), None
     else:
-        left = model.tokenize_chunks(batch.left[part], size)
-    right = model.tokenize_chunks(batch.right[part], size)
+        left, left_restore = model.tokenize_sorted_chunks(batch.left[part], size, left_sides)
+    right, right_restore = model.tokenize_sorted_chunks(batch.right[part], size, right_sides)
     objective = BatchObjective(
-        loss, batch, part, config.gather_negatives and world > 1, late_interaction(config)
+        loss,
+        batch,
+        part,
+        config.gather_negatives and world > 1,
+        late_interaction(config),
+        restore=(left_restore, right_restore),
     )
     if not config.grad_cache:  # every chunk's activations kept: the exact reference of the cached step
         value = objective(*(_concat([engine(**chunk) for chunk in side]) for side in (left, right)))
@@ -135,10 +144,21 @@ def train_step(engine, model, loss, batch: Batch, rank: int, world: int, config:
     return float(value), objective.parts
 
 
+def row_sides(config: TrainConfig, task_names, batch: Batch, part: slice, sides: list[str]):
+    """Side ids (positions in ``sides``) of the left and right text of each row of ``part``, from its
+    task's ``sides`` (``task_names``: the names of the batch's task indices); ``(None, None)`` without a
+    projection head."""
+    if not sides:
+        return None, None
+    tasks = [config.data.tasks[name] for name in task_names]
+    rows = batch.tasks[part]
+    return tuple([sides.index(tasks[task].sides[end]) for task in rows] for end in (0, 1))
+
+
 def late_interaction(config: TrainConfig):
     """The soft late-interaction scorer of a ``late-interaction`` head, else None (cosine)."""
     head = config.model.head
-    if head.name != "late-interaction":
+    if head.name not in TOKEN_HEADS:
         return None
     from workembed.models.heads import SoftLateInteraction
 
@@ -153,13 +173,17 @@ class BatchObjective:
     worker's own items or (``gather``) the whole batch's. Left items are pooled embeddings or, for late
     interaction, ``(token vectors, content mask)``; right items are pooled."""
 
-    def __init__(self, loss, batch: Batch, part: slice, gather: bool, late=None):
+    def __init__(self, loss, batch: Batch, part: slice, gather: bool, late=None, restore=(None, None)):
         self.loss, self.part, self.gather, self.late = loss, part, gather, late
+        self.restore = restore
         self.tasks = torch.as_tensor(batch.tasks)
         self.positives = torch.as_tensor(batch.positives)
         self.parts: dict[str, float] = {}
 
     def __call__(self, left: Rep, right: Tensor) -> Tensor:
+        """The loss of the worker's rows; ``restore`` (per side, or None) puts rows encoded in another
+        order (length-sorted chunks) back into the batch's order first."""
+        left, right = (_take(rep, rows) for rep, rows in zip((left, right), self.restore, strict=True))
         part, tasks, positives = self.part, self.tasks, self.positives
         if self.gather:
             all_left, all_right = _gather(left), _gather(right)
@@ -197,6 +221,14 @@ def _gather(rep: Rep) -> Rep:
     if isinstance(rep, tuple):
         return tuple(torch.cat(dist_fn.all_gather(item)) for item in rep)
     return torch.cat(dist_fn.all_gather(rep))
+
+
+def _take(rep: Rep, rows: Tensor | None) -> Rep:
+    if rows is None:
+        return rep
+    if isinstance(rep, tuple):
+        return tuple(item[rows] for item in rep)
+    return rep[rows]
 
 
 def _concat(chunks: list[Rep]) -> Rep:

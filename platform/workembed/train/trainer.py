@@ -1,6 +1,7 @@
 """``workembed run train``: the Ray Train ``TorchTrainer`` over DeepSpeed workers, with MLflow tracking.
 
-The driver reads the edges as a Ray Data dataset (Parquet edges of ingest runs and/or ESCO-only edges),
+The driver reads the edges as a Ray Data dataset (Parquet edges of ingest runs and/or ESCO-only edges; the
+section head reads the matching folder in each worker instead, :mod:`workembed.train.matching`),
 opens the MLflow run, runs the workers (:mod:`workembed.train.loop`) with checkpoints in
 ``checkpoint.storage_path`` (local or ``s3://``) and restarts them from the last checkpoint when one
 fails, then copies the final model folder to ``output`` and logs it to MLflow.
@@ -20,6 +21,7 @@ from typing import Any
 from workembed.config import resolve_data_path
 from workembed.train.config import TrainConfig
 from workembed.train.loop import MODEL_DIR, STATE_FILE, train_worker
+from workembed.train.matching import matching_worker
 
 Log = Callable[[str], None]
 
@@ -36,19 +38,25 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
 
     init_ray(config)
     run_name = config.run_name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
-    held_out = held_out_concepts(config)
-    edges = edges_dataset(config)
+    payload: dict[str, Any] = {"config": config.model_dump(mode="json")}
+    if config.data.matching is not None:
+        worker, datasets, unit = matching_worker, {}, "projects"
+        from workembed.eval.matching_eval import matching_folder
+
+        payload["matching_folder"] = str(matching_folder(config.data.matching.source.directory).resolve())
+    else:
+        worker, datasets, unit = train_worker, {"edges": edges_dataset(config)}, "pairs"
+        payload["held_out"] = sorted(held_out_concepts(config))
     mlflow_run_id = open_mlflow_run(config, run_name)
     storage_path, storage_filesystem = checkpoint_storage(config)
     log(
-        f"training run {run_name}: {config.steps} steps of {config.batch_size} pairs on "
+        f"training run {run_name}: {config.steps} steps of {config.batch_size} {unit} on "
         f"{config.scaling.num_workers} worker(s), checkpoints in {storage_path}/{run_name}"
     )
     trainer = TorchTrainer(
-        train_worker,
+        worker,
         train_loop_config={
-            "config": config.model_dump(mode="json"),
-            "held_out": sorted(held_out),
+            **payload,
             "tracking_uri": config.tracking.tracking_uri,
             "mlflow_run_id": mlflow_run_id,
         },
@@ -65,7 +73,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
             failure_config=ray.train.FailureConfig(max_failures=config.checkpoint.max_failures),
         ),
-        datasets={"edges": edges},
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),  # every worker sees the whole graph
     )
     try:

@@ -68,6 +68,13 @@ class HeadConfig(Config):
         description="Output dimension of each side's linear projection, e.g. {title: 512, skill: 512} "
         "(projection; required there).",
     )
+    input_sides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Which side encodes each kind of input text at inference, by WorkRB input type "
+        "(job_title, skill_name, skill_sentence, brief_string, search_query_string, "
+        "candidate_profile_string) or 'default' for texts of any other or no stated kind, e.g. "
+        "{job_title: title, skill_name: skill, default: skill} (projection).",
+    )
     num_section_types: int | None = Field(
         None, ge=1, description="Number of section types with a learned embedding (section; required there)."
     )
@@ -110,6 +117,16 @@ class HeadConfig(Config):
             if dim < 1:
                 raise ValueError(f"side '{side}' needs an output dimension of at least 1, got {dim}")
         return value
+
+    @model_validator(mode="after")
+    def _input_sides_known(self) -> HeadConfig:
+        unknown = sorted({side for side in self.input_sides.values() if side not in self.sides})
+        if unknown:
+            raise ValueError(
+                f"input_sides names sides {', '.join(unknown)} that are not in sides "
+                f"({', '.join(self.sides) or 'none'})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _fields_apply_to_head(self) -> HeadConfig:

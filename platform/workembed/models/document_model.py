@@ -1,0 +1,133 @@
+"""The Malt two-tower document model: section-structured projects and profiles, saved as a model folder.
+
+A project is three sections, ``title``, ``description`` and ``skills`` (its skill list, comma-separated);
+a profile is one ``resume`` section (the matching data holds no finer structure for profiles). Both towers
+share the frozen backbone and the :class:`~workembed.models.heads.SectionEncoderHead`; the learned section
+type embeddings tell them apart. The folder holds the backbone and tokenizer in the Hugging Face layout,
+the head's weights (``head.safetensors``) and ``workembed.json`` (``pooling: section``, the head config,
+the section types and the section length).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from workembed.models.heads import HeadConfig, SectionDocumentEncoder, build_head
+from workembed.models.heads.sections import Document
+
+SECTION_TYPES = ("title", "description", "skills", "resume")
+TITLE, DESCRIPTION, SKILLS, RESUME = range(len(SECTION_TYPES))
+
+
+class MatchingItem(Protocol):
+    """A project or a profile (:class:`workembed.eval.matching_metrics.Item`)."""
+
+    text: str
+    skills: frozenset[str]
+
+
+def project_document(item: MatchingItem) -> Document:
+    """A project's sections: title (the text's first paragraph), description (the rest), skills."""
+    title, _, description = item.text.partition("\n\n")
+    skills = ", ".join(sorted(item.skills))
+    return [(TITLE, title.strip()), (DESCRIPTION, description.strip()), (SKILLS, skills)]
+
+
+def profile_document(item: MatchingItem) -> Document:
+    """A profile's one section: the resume text."""
+    return [(RESUME, item.text)]
+
+
+class DocumentModel(SectionDocumentEncoder):
+    """A :class:`SectionDocumentEncoder` that can be built from a backbone, saved and loaded."""
+
+    @classmethod
+    def build(
+        cls, backbone: str | os.PathLike, head: HeadConfig, max_section_length: int = 128
+    ) -> DocumentModel:
+        """The frozen ``backbone`` (an alias or a folder) with a new head built from ``head``."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from workembed.models.encoder import resolve_model_path
+
+        if head.name != "section":
+            raise ValueError(f"a document model needs the 'section' head, got '{head.name}'")
+        if (head.num_section_types or 0) < len(SECTION_TYPES):
+            types = ", ".join(SECTION_TYPES)
+            raise ValueError(f"the section head needs num_section_types >= {len(SECTION_TYPES)} ({types})")
+        path = resolve_model_path(backbone)
+        try:  # the unused pooler would only take memory
+            network = AutoModel.from_pretrained(path, add_pooling_layer=False)
+        except TypeError:
+            network = AutoModel.from_pretrained(path)
+        model = cls(
+            network,
+            AutoTokenizer.from_pretrained(path),
+            build_head(head, int(network.config.hidden_size)),
+            max_section_length=max_section_length,
+        )
+        model.head_config, model.source = head, str(backbone)
+        return model
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> DocumentModel:
+        """A saved document model folder (see the module docstring)."""
+        from safetensors.torch import load_file
+
+        from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
+
+        info = read_model_info(directory)
+        if info.get("pooling") != "section":
+            raise ValueError(f"{directory} is not a section document model (pooling: {info.get('pooling')})")
+        model = cls.build(
+            directory, HeadConfig.model_validate(info["head"]), int(info.get("max_section_length", 128))
+        )
+        model.head.load_state_dict(load_file(str(Path(directory) / HEAD_WEIGHTS_FILE)))
+        model.source = str(info.get("base_model", directory))
+        return model.eval()
+
+    def save(self, directory: str | os.PathLike, info: Mapping[str, Any] | None = None) -> Path:
+        """Write the backbone, tokenizer, head weights and ``workembed.json`` (``info`` merged in)."""
+        from safetensors.torch import save_file
+
+        from workembed.models.work_encoder import FORMAT_VERSION, HEAD_WEIGHTS_FILE, MODEL_INFO_FILE
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        state = {name: value.detach().contiguous().cpu() for name, value in self.head.state_dict().items()}
+        save_file(state, str(out / HEAD_WEIGHTS_FILE))
+        record = {
+            "format_version": FORMAT_VERSION,
+            "pooling": "section",
+            "head": self.head_config.model_dump(mode="json"),
+            "section_types": list(SECTION_TYPES),
+            "max_section_length": self.max_section_length,
+            "base_model": self.source,
+            **(info or {}),
+        }
+        (out / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        return out
+
+    def embed(self, documents: Sequence[Document], batch_size: int = 16) -> np.ndarray:
+        """L2-normalised document embeddings ``[len(documents), H]`` (inference: dropout off)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                parts = [
+                    self(documents[start : start + batch_size]).float().cpu().numpy()
+                    for start in range(0, len(documents), batch_size)
+                ]
+        finally:
+            self.train(was_training)
+        vectors = np.concatenate(parts) if parts else np.zeros((0, self.head.output_dim), dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
