@@ -64,6 +64,12 @@ STAGES: dict[str, Stage] = {
             "job ads → ESCO skills per sentence (spans, scores) and title occupations (registered model)",
         ),
         Stage(
+            "filter",
+            "workembed.train.skill_filter:SkillFilterConfig",
+            "workembed.train.skill_filter:run_skill_filter",
+            "SkillSpan → a model's non-skill sentence filter, with its precision/recall on SkillSpan dev",
+        ),
+        Stage(
             "synthesize",
             "workembed.synth.config:SynthConfig",
             "workembed.synth.stage:run_synthesize",

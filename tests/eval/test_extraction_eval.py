@@ -87,6 +87,23 @@ def test_hand_built_case_gives_the_known_threshold_and_metrics():
     assert result["mean_pairwise_similarity"] == pytest.approx({"before": 0.1, "after": 0.0})
 
 
+def test_a_sentence_the_skill_filter_drops_predicts_nothing():
+    seen = []
+
+    def keep(texts):
+        seen.extend(texts)
+        return [text != "sentence s3" for text in texts]
+
+    result = evaluate_hand_built(keep=keep)
+    assert seen == ["sentence s3", "sentence s4"]  # the test part only
+    # s3 dropped: only s4's d is predicted, and it is right; 5 gold skills in the test part
+    screened = result["with_skill_filter"]
+    assert (screened["precision"], screened["recall"], screened["f1"]) == pytest.approx((1, 1 / 5, 1 / 3))
+    assert (screened["dropped_sentences"], screened["predictions"]) == (1, 1)
+    assert result["test"] == evaluate_hand_built()["test"]  # the unfiltered figures stay as they were
+    assert "with_skill_filter" not in evaluate_hand_built()
+
+
 def test_the_split_decides_which_sentences_calibrate():
     # seed 0: s1 and s4 calibrate, which gives another threshold
     result = evaluate_hand_built(seed=0)

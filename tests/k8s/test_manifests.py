@@ -130,7 +130,7 @@ def test_ray_version_is_one_everywhere(rendered):
         clusters = [m for m in manifests if m.kind in k8s.RAY_CLUSTER_SPEC]
         assert len(clusters) == 1 + 1 + len(k8s.PIPELINE_STAGES)  # RayCluster, RayService, RayJobs
     wrong = k8s.ray_version_problems(rendered["local"], "9.9.9", "local")
-    assert len(wrong) == 9
+    assert len(wrong) == 10
     assert (
         "RayService/workembed (from k8s/base/rayservice.yaml): spec.rayClusterConfig.rayVersion: '2.60.0'"
         in ("\n".join(wrong))

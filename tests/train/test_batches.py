@@ -99,6 +99,16 @@ def test_filters_and_held_out_concepts_drop_every_touching_edge():
     assert "software developer" not in graph.left_text
 
 
+def test_edges_with_a_benchmark_text_are_dropped_whichever_side_holds_it():
+    from workembed.eval.leakage import text_key
+
+    excluded = {text_key("Python!"), text_key("Database Administrator")}
+    graph = EdgeGraph(GRAPH, TASKS, excluded_texts=excluded)
+    # the 3 edges into skill "Python" (right text) and the one from "database administrator" (left text)
+    assert graph.summary.dropped == {"other_task": 2, "benchmark_text": 4}
+    assert "Python" not in graph.right_text and "database administrator" not in graph.left_text
+
+
 def test_a_task_too_small_for_the_batch_is_a_clear_error():
     graph = EdgeGraph(GRAPH, {"skill-job": 1.0})
     with pytest.raises(ValueError, match="too few distinct texts"):

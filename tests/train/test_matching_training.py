@@ -112,6 +112,22 @@ def test_a_document_model_folder_round_trips(tiny_bert, tmp_path):
         Encoder(folder)
 
 
+def test_cached_sections_give_the_same_embeddings_with_one_backbone_pass_per_section(tiny_bert):
+    torch.manual_seed(0)
+    model = DocumentModel.build(tiny_bert, HeadConfig(**SECTION_HEAD), max_section_length=16).eval()
+    documents = [project_document(p) for p in PROJECTS] + [profile_document(p) for p in PROFILES]
+    plain = model(documents).detach()
+    passes = []
+    model.backbone.register_forward_hook(
+        lambda module, args, output: passes.append(len(args[0] if args else []))
+    )
+    model.cache_sections = True
+    first = model(documents).detach()
+    model(documents[:3])  # sections seen before: no backbone pass
+    torch.testing.assert_close(first, plain, atol=1e-5, rtol=1e-5)
+    assert len(passes) == 1
+
+
 @pytest.mark.usefixtures("ray_session")
 def test_two_zero2_workers_train_the_section_head_and_the_model_ranks_held_out_projects(tmp_path, tiny_bert):
     folder = write(tmp_path / "matching")  # projects P1 and P2 have positives, P3 none

@@ -41,7 +41,7 @@ BUNDLED_SCHEMAS = Path("k8s/schemas/kuberay-crds.json.gz")
 KUBERNETES_VERSION = "1.32"
 """Kubernetes version whose built-in schemas the manifests are validated against."""
 
-PIPELINE_STAGES = ("ingest", "synthesize", "train", "evaluate", "register", "promote", "extract")
+PIPELINE_STAGES = ("ingest", "synthesize", "train", "evaluate", "register", "promote", "extract", "filter")
 """Stages with a RayJob each (``python -m jobs.<stage>``)."""
 SERVING_IMPORT_PATH = "workembed.serving.app:build_app"
 API_KEY_ENV = "WORKEMBED_API_KEY"

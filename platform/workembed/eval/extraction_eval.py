@@ -89,6 +89,12 @@ class ExtractionEvalConfig(EncoderEvalConfig):
         description="Redundancy filter: a predicted skill survives if it is some token's best skill among "
         "'all' skills or among the sentence's 'candidates' (its predictions).",
     )
+    skill_filter: str | None = Field(
+        None,
+        description="Also report the test part with a non-skill sentence filter on (a dropped sentence "
+        "predicts no skill): the folder of its skill_filter.json (`workembed run filter`), 'model' for the "
+        "model folder's own; null: no filter.",
+    )
     out: str | None = Field(
         None,
         description="Write the JSON report here, a Markdown table beside it (same stem, .md) and one PNG "
@@ -136,12 +142,15 @@ def evaluate_extraction(
     among: Among = "all",
     cache_dir: str | Path | None = None,
     log: Log | None = None,
+    keep: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Calibrate the threshold on one dataset's calibration part and report on its test part (unrounded).
 
     Sentence tokens come from ``token_vectors`` (``{query id: [n_tokens, dim]}``) when given, else from
     ``encoder``; skill vectors from ``skill_vectors`` (rows in corpus order) when given, else from
-    ``encoder`` (cached in ``cache_dir``). Raises ValueError for a dataset with fewer than 2 labelled
+    ``encoder`` (cached in ``cache_dir``). With ``keep`` (sentence texts → bool per sentence, a non-skill
+    sentence filter), the test part is also reported with the dropped sentences predicting nothing
+    (``with_skill_filter``). Raises ValueError for a dataset with fewer than 2 labelled
     queries or bad settings.
     """
     if temperature <= 0:
@@ -180,6 +189,15 @@ def evaluate_extraction(
         ranked.extend(rank_skills(scores[None, :], k, skill_ids))
     test_gold = [gold[q] for q in test]
     n_predicted, n_kept = sum(map(len, predicted)), sum(map(len, kept))
+    screened = {}
+    if keep is not None:
+        passes = np.asarray(keep([dataset.queries[q] for q in test]), dtype=bool)
+        screened = {
+            "with_skill_filter": {
+                **_prf([p if ok else set() for p, ok in zip(predicted, passes, strict=True)], test_gold),
+                "dropped_sentences": int((~passes).sum()),
+            }
+        }
     return {
         "queries": len(dataset.queries),
         "skills": len(skill_ids),
@@ -200,6 +218,7 @@ def evaluate_extraction(
             "after": mean_pairwise_similarity(kept, targets, skill_ids),
         },
         "threshold_table": {key: values.tolist() for key, values in table.items()},
+        **screened,
     }
 
 
@@ -216,6 +235,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
     encoder = Encoder(
         config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
     )
+    keep = sentence_filter(encoder, config.skill_filter) if config.skill_filter else None
     report: dict[str, Any] = {
         "model": encoder.name,
         **config.model_dump(include={"temperature", "k", "among", "calibration_fraction", "seed", "grid"}),
@@ -233,6 +253,7 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
             among=config.among,
             cache_dir=config.cache_dir,
             log=log,
+            keep=keep,
         )
     result = rounded(report)
     written: list[Path] = []
@@ -255,6 +276,19 @@ def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) ->
         )
         say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
     return result
+
+
+def sentence_filter(encoder: Encoder, location: str) -> Callable[[Sequence[str]], np.ndarray]:
+    """The non-skill sentence filter in ``location`` (``model``: the model folder) as ``texts → keep``."""
+    from workembed.models.skill_filter import read_skill_filter
+
+    folder = encoder.path if location == "model" else Path(resolve_data_path(location))
+    found = read_skill_filter(folder)
+    if found is None:
+        raise FileNotFoundError(
+            f"no skill_filter.json in {folder}: fit one with `workembed run filter` (model {encoder.name})"
+        )
+    return lambda texts: found.keep(encoder.embed(list(texts), "skill_sentence"))
 
 
 # ---------------------------------------------------------------------------------------- reports
@@ -280,7 +314,7 @@ def _paths(files: Mapping[str, Any]) -> list[Path]:
 
 def extraction_markdown(report: Mapping[str, Any], digits: int = DIGITS) -> str:
     """Two tables, one row per dataset: the thresholded predictions on the test part, then the
-    redundancy filter's effect."""
+    redundancy filter's effect; a third with the non-skill sentence filter on, when it was."""
     k = report.get("k", 5)
     main = ["dataset", "calibration", "test", "threshold", "P", "R", "F1", "macro P", "macro R", "macro F1"]
     main += [f"F1@{k} macro", f"F1@{k} micro", "predictions"]
@@ -307,6 +341,17 @@ def extraction_markdown(report: Mapping[str, Any], digits: int = DIGITS) -> str:
         tail = [similarity["before"], similarity["after"]]
         row = [name, *(format_cell(v, digits) for v in cells), str(filtered["predictions"])]
         lines.append(_row(row + [format_cell(v, digits) for v in tail]))
+    screened = {
+        name: r["with_skill_filter"] for name, r in report["results"].items() if "with_skill_filter" in r
+    }
+    if screened:
+        lines += [
+            "",
+            *_table_head(["dataset", "sentences dropped", "P", "R", "F1", "macro F1", "predictions"]),
+        ]
+        for name, result in screened.items():
+            cells = [format_cell(result[key], digits) for key in ("precision", "recall", "f1", "macro_f1")]
+            lines.append(_row([name, str(result["dropped_sentences"]), *cells, str(result["predictions"])]))
     return "\n".join(lines) + "\n"
 
 

@@ -18,8 +18,9 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from workembed.models.heads import HeadConfig, SectionDocumentEncoder, build_head
+from workembed.models.heads import HeadConfig, SectionBatch, SectionDocumentEncoder, build_head
 from workembed.models.heads.sections import Document
 
 SECTION_TYPES = ("title", "description", "skills", "resume")
@@ -46,7 +47,28 @@ def profile_document(item: MatchingItem) -> Document:
 
 
 class DocumentModel(SectionDocumentEncoder):
-    """A :class:`SectionDocumentEncoder` that can be built from a backbone, saved and loaded."""
+    """A :class:`SectionDocumentEncoder` that can be built from a backbone, saved and loaded.
+
+    With ``cache_sections`` on (training), the frozen backbone's token vectors of each distinct section
+    are computed once and kept: a section seen again (a project drawn at another step) costs no backbone
+    pass.
+    """
+
+    cache_sections = False
+
+    def section_tokens(self, batch: SectionBatch) -> list[Tensor]:
+        if not self.cache_sections:
+            return super().section_tokens(batch)
+        cache = self.__dict__.setdefault("_section_cache", {})
+        ids, real = batch.inputs["input_ids"], batch.inputs["attention_mask"].bool()
+        keys = [tuple(ids[row][real[row]].tolist()) for row in range(len(ids))]
+        missing = list({key: row for row, key in enumerate(keys) if key not in cache}.values())
+        if missing:
+            inputs = {name: values[missing] for name, values in batch.inputs.items()}
+            fresh = super().section_tokens(SectionBatch(inputs, [], []))
+            for row, vectors in zip(missing, fresh, strict=True):
+                cache[keys[row]] = vectors
+        return [cache[key] for key in keys]
 
     @classmethod
     def build(

@@ -86,8 +86,11 @@ class EdgeGraph:
         held_out: Collection[str] = frozenset(),
         origins: Collection[str] | None = None,
         min_weight: float = 0.0,
+        excluded_texts: Collection[str] = frozenset(),
     ):
-        """``tasks`` maps task name → sampling weight; ``held_out`` holds concept URIs whose edges go."""
+        """``tasks`` maps task name → sampling weight; ``held_out`` holds concept URIs whose edges go, as do
+        the edges with a text whose :func:`workembed.eval.leakage.text_key` is in ``excluded_texts``
+        (benchmark sentences and titles)."""
         if not tasks:
             raise ValueError("no task to sample from")
         missing = [name for name in EDGE_SCHEMA.names if name not in table.column_names]
@@ -96,6 +99,7 @@ class EdgeGraph:
         self.summary = GraphSummary(rows_in=table.num_rows)
         table = self._filter(table.select(EDGE_SCHEMA.names).cast(EDGE_SCHEMA), tasks, origins, min_weight)
         table = self._drop_held_out(table, frozenset(held_out))
+        table = self._drop_texts(table, frozenset(excluded_texts))
         table = table.sort_by([(name, "ascending") for name in ("task", "left_id", "right_id", "left_text")])
         self.left_text: list[str] = table.column("left_text").to_pylist()
         self.right_text: list[str] = table.column("right_text").to_pylist()
@@ -178,6 +182,20 @@ class EdgeGraph:
             )
         ]
         self.summary.drop("held_out", sum(touches))
+        return table.filter(pa.array([not t for t in touches], pa.bool_()))
+
+    def _drop_texts(self, table: pa.Table, excluded: frozenset[str]) -> pa.Table:
+        if not excluded:
+            return table
+        from workembed.eval.leakage import text_key as benchmark_key
+
+        touches = [
+            benchmark_key(left) in excluded or benchmark_key(right) in excluded
+            for left, right in zip(
+                table.column("left_text").to_pylist(), table.column("right_text").to_pylist(), strict=True
+            )
+        ]
+        self.summary.drop("benchmark_text", sum(touches))
         return table.filter(pa.array([not t for t in touches], pa.bool_()))
 
     # ------------------------------------------------------------------------------------- sampling

@@ -81,6 +81,12 @@ class TrainDataConfig(Config):
         description="ESCO export to build ESCO-only edges from at start (skill-alt, skill-job, job-alt); "
         "'builtin' for the packaged sample; null: only `edges`.",
     )
+    benchmarks: str | None = Field(
+        None,
+        description="Benchmarks folder (e.g. 'benchmarks' under the data root): every edge with a text "
+        "that is one of its evaluation sentences or titles is dropped (compared case-folded on letters and "
+        "digits); null: no such guard.",
+    )
     split: str | None = Field(
         None,
         description="split.json (or its folder) of `workembed eval build-tasks`: every edge touching a "

@@ -41,7 +41,7 @@ def train_worker(payload: dict[str, Any]) -> None:
     config = TrainConfig.model_validate(payload["config"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    graph = load_graph(config, payload["held_out"])
+    graph = load_graph(config, payload["held_out"], payload.get("benchmark_texts", []))
     torch.manual_seed(config.seed)  # identical initial weights of any newly built layer on every worker
     model = WorkEncoder(
         config.model.backbone,
@@ -95,8 +95,9 @@ def train_worker(payload: dict[str, Any]) -> None:
             ray.train.report(metrics)
 
 
-def load_graph(config: TrainConfig, held_out: list[str]) -> EdgeGraph:
-    """The graph of this worker's (complete, unsplit) ``edges`` dataset shard."""
+def load_graph(config: TrainConfig, held_out: list[str], excluded_texts: list[str] = ()) -> EdgeGraph:
+    """The graph of this worker's (complete, unsplit) ``edges`` dataset shard, without the edges of
+    ``held_out`` concepts and those with a benchmark text (``excluded_texts``: their keys)."""
     import ray.train
 
     shard = ray.train.get_dataset_shard("edges")
@@ -106,6 +107,7 @@ def load_graph(config: TrainConfig, held_out: list[str]) -> EdgeGraph:
         held_out=frozenset(held_out),
         origins=config.data.origins,
         min_weight=config.data.min_weight,
+        excluded_texts=frozenset(excluded_texts),
     )
 
 

@@ -154,6 +154,7 @@ def matching_worker(payload: dict[str, Any]) -> None:
     graph = MatchingGraph.from_folder(payload["matching_folder"], settings)
     torch.manual_seed(config.seed)  # the same initial head on every worker
     model = DocumentModel.build(config.model.backbone, config.model.head, settings.max_section_length)
+    model.cache_sections = True  # the backbone is frozen: each section's token vectors once per run
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     adamw = optimizer(trainable, config)
     engine, _, _, _ = deepspeed.initialize(

@@ -47,6 +47,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     else:
         worker, datasets, unit = train_worker, {"edges": edges_dataset(config)}, "pairs"
         payload["held_out"] = sorted(held_out_concepts(config))
+        payload["benchmark_texts"] = sorted(benchmark_keys(config))
     mlflow_run_id = open_mlflow_run(config, run_name)
     storage_path, storage_filesystem = checkpoint_storage(config)
     log(
@@ -124,6 +125,16 @@ def held_out_concepts(config: TrainConfig) -> frozenset[str]:
 
     skills, occupations = read_split(resolve_data_path(config.data.split))
     return skills | occupations
+
+
+def benchmark_keys(config: TrainConfig) -> frozenset[str]:
+    """The keys of every benchmark sentence and title that no training edge may hold (none without
+    ``data.benchmarks``)."""
+    if config.data.benchmarks is None:
+        return frozenset()
+    from workembed.eval.leakage import benchmark_texts
+
+    return frozenset().union(*benchmark_texts(resolve_data_path(config.data.benchmarks)).values())
 
 
 def edges_dataset(config: TrainConfig):

@@ -197,16 +197,15 @@ class SectionDocumentEncoder(nn.Module):
 
     def forward(self, documents: Sequence[Document]) -> Tensor:
         batch = self.tokenize(documents)
-        hidden = self._backbone_tokens(batch.inputs)
+        sections = self.section_tokens(batch)
         weight = self.head.section_embedding.weight
-        real = batch.inputs["attention_mask"].bool().to(hidden.device)
         tokens: list[list[Tensor]] = [[] for _ in documents]
         types: list[list[Tensor]] = [[] for _ in documents]
         index: list[list[Tensor]] = [[] for _ in documents]
         for row, (doc, section_type) in enumerate(
             zip(batch.document_index, batch.section_types, strict=True)
         ):
-            tokens[doc].append(hidden[row][real[row]])
+            tokens[doc].append(sections[row])
             length = len(tokens[doc][-1])
             types[doc].append(torch.full((length,), section_type, dtype=torch.long))
             index[doc].append(torch.full((length,), len(index[doc]), dtype=torch.long))
@@ -215,6 +214,12 @@ class SectionDocumentEncoder(nn.Module):
             pad_sequence([torch.cat(t) for t in types], batch_first=True).to(weight.device),
             pad_sequence([torch.cat(i) for i in index], batch_first=True, padding_value=-1).to(weight.device),
         )
+
+    def section_tokens(self, batch: SectionBatch) -> list[Tensor]:
+        """The backbone's token vectors ``[n_tokens, H]`` of each section of ``batch`` (padding removed)."""
+        hidden = self._backbone_tokens(batch.inputs)
+        real = batch.inputs["attention_mask"].bool().to(hidden.device)
+        return [hidden[row][real[row]] for row in range(len(hidden))]
 
     def _backbone_tokens(self, inputs: dict[str, Tensor]) -> Tensor:
         """``last_hidden_state`` of all sections, computed without gradient in batches."""
