@@ -25,8 +25,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 SERVICES_ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+REFERENCE_ARGS ?=
 
-.PHONY: setup demo test bench lint format docs services-up services-down services-status k8s-sync \
+.PHONY: setup demo test bench reference lint format docs services-up services-down services-status k8s-sync \
 	k8s-validate clean
 
 setup: $(STAMP)
@@ -51,6 +52,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
+
+# The reference model recipe on the shared data, end to end and resumable (jobs/configs/reference.yaml);
+# e.g. REFERENCE_ARGS="--set train_set=['steps=20']" for a quick check.
+reference: setup
+	$(BIN)/python -m workembed.reference $(REFERENCE_ARGS)
 
 lint: setup
 	$(BIN)/ruff check platform jobs tests

@@ -54,6 +54,12 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "BatchExtractConfig",
     ),
     ("`workembed run synthesize` (`jobs/configs/synthesize.yaml`)", "workembed.synth.config", "SynthConfig"),
+    (
+        "`workembed run filter` (`jobs/configs/filter.yaml`)",
+        "workembed.train.skill_filter",
+        "SkillFilterConfig",
+    ),
+    ("`make reference` (`jobs/configs/reference.yaml`)", "workembed.reference", "ReferenceConfig"),
     ("Serving: `args` of `serve/config.yaml`", "workembed.serving.config", "ServeConfig"),
     ("`workembed pipeline run` (`jobs/configs/pipeline.yaml`)", "workembed.pipeline", "PipelineConfig"),
     ("`workembed services up|down|status`", "workembed.services", "ServicesConfig"),

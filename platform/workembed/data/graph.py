@@ -11,6 +11,7 @@ a profile). Tasks:
 | ``job-alt`` | occupation alternative label → occupation | esco | 1 |
 | ``job-title`` | ad title → grounded occupation | vacancy | score |
 | ``skill-sentence`` | ad sentence → grounded skill | vacancy | score (lexical 1) |
+| ``skill-sentence`` | SkillSkape sentence → each of its ESCO skills | synthetic | 1 |
 | ``project-profile`` | project → profile (see :mod:`workembed.data.matching`) | vacancy | +1 / -1 |
 
 ¹ A relation whose occupation or skill the export does not hold has nothing to connect; it is counted
@@ -20,6 +21,7 @@ a profile). Tasks:
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -96,6 +98,29 @@ def esco_edges(taxonomy: Taxonomy, config: GraphConfig) -> Iterator[dict]:
 
 def esco_edges_table(taxonomy: Taxonomy, config: GraphConfig) -> pa.Table:
     return pa.Table.from_pylist(list(esco_edges(taxonomy, config)), schema=EDGE_SCHEMA)
+
+
+def skillskape_edges_table(source: str | Path, taxonomy: Taxonomy) -> tuple[pa.Table, dict]:
+    """``skill-sentence`` edges of a SkillSkape CSV (``sentence``, ``skills``: a list of ESCO preferred
+    labels): each sentence → each of its skills that ``taxonomy`` holds (labels matched exactly, then
+    case-insensitively); ``UNK``-only sentences and unknown labels give no edge and are counted."""
+    from workembed.eval.converters import skillskape_dataset
+    from workembed.eval.esco_tasks import concept_id
+
+    dataset = skillskape_dataset(source, taxonomy, name="skillskape-train")
+    uris = {concept_id(uri): uri for uri in taxonomy.skills}
+    rows = [
+        _edge("skill-sentence", f"skillskape-{qid}", text, uris[skill], dataset.corpus[skill], 1.0, SYNTHETIC)
+        for qid, text in dataset.queries.items()
+        for skill in sorted(dataset.positives(qid))
+    ]
+    summary = {
+        "sentences": len(dataset.queries),
+        "edges": len(rows),
+        "dropped": dict(dataset.meta.get("dropped", {})),
+        **{key: dataset.meta[key] for key in ("labels", "unknown_labels") if key in dataset.meta},
+    }
+    return pa.Table.from_pylist(rows, schema=EDGE_SCHEMA), summary
 
 
 class VacancyEdges:

@@ -81,6 +81,12 @@ class TrainDataConfig(Config):
         description="ESCO export to build ESCO-only edges from at start (skill-alt, skill-job, job-alt); "
         "'builtin' for the packaged sample; null: only `edges`.",
     )
+    skillskape: str | None = Field(
+        None,
+        description="A SkillSkape CSV (e.g. 'benchmarks/skillskape/train.csv', data root) whose sentences "
+        "become `skill-sentence` edges (origin synthetic) to the skills of `esco` they name; add "
+        "`skill-sentence` to `tasks` to train on them. Needs `esco`.",
+    )
     benchmarks: str | None = Field(
         None,
         description="Benchmarks folder (e.g. 'benchmarks' under the data root): every edge with a text "
@@ -116,6 +122,10 @@ class TrainDataConfig(Config):
             return self
         if not self.edges and self.esco is None:
             raise ValueError("give `edges` datasets, an `esco` export, or both (or `matching` documents)")
+        if self.skillskape is not None and self.esco is None:
+            raise ValueError(
+                "`skillskape` sentences are mapped to the skills of `esco`: give an `esco` export"
+            )
         if not self.tasks:
             raise ValueError("`tasks` is empty: name at least one edge task to train on")
         return self

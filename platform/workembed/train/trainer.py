@@ -138,13 +138,13 @@ def benchmark_keys(config: TrainConfig) -> frozenset[str]:
 
 
 def edges_dataset(config: TrainConfig):
-    """The training edges as one Ray Data dataset: Parquet ``edges`` and/or ESCO-only edges; edges written by
-    a test model (origin ``synthetic-test``) are never trained on."""
+    """The training edges as one Ray Data dataset: Parquet ``edges``, ESCO-only edges and SkillSkape sentence
+    edges; edges written by a test model (origin ``synthetic-test``) are never trained on."""
     import ray.data
     from ray.data.expressions import col
 
     from workembed.data.config import GraphConfig
-    from workembed.data.graph import EDGE_SCHEMA, SYNTHETIC_TEST, esco_edges_table
+    from workembed.data.graph import EDGE_SCHEMA, SYNTHETIC_TEST, esco_edges_table, skillskape_edges_table
     from workembed.data.storage import filesystem_for, strip_scheme
     from workembed.taxonomy import EscoConfig, load_esco_config
 
@@ -161,6 +161,9 @@ def edges_dataset(config: TrainConfig):
     if config.data.esco is not None:
         taxonomy = load_esco_config(EscoConfig(location=config.data.esco))
         parts.append(ray.data.from_arrow(esco_edges_table(taxonomy, GraphConfig())))
+        if config.data.skillskape is not None:
+            table, _ = skillskape_edges_table(resolve_data_path(config.data.skillskape), taxonomy)
+            parts.append(ray.data.from_arrow(table))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 

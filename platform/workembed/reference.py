@@ -1,0 +1,248 @@
+"""``make reference``: the reference model recipe end to end, resumable.
+
+Steps, each skipped when its output is already there (so an interrupted run picks up where it stopped, and a
+training run resumes from its last checkpoint):
+
+1. ``tasks``: the held-apart ESCO tasks (``<tasks>/esco``, with ``split.json``) and the development sets
+   (``<tasks>/benchmarks``);
+2. ``ingest``: every job-ad set of ``ingest`` into ``runs/ingest/<name>`` (its ``edges`` feed training);
+3. ``train``: ``train`` with the ingest edges, the split and MLflow tracking (a SQLite store under
+   ``runs/<name>`` when no tracking URI is given), the model into ``runs/models/<name>``;
+4. ``filter``: the model's non-skill sentence filter (``filter``);
+5. ``evaluate``: the model (with BM25) and the zero-shot encoder on the ESCO tasks and development sets, and
+   the skill-extraction protocol for both (the model's with its filter on);
+6. ``card``: ``MODEL_CARD.md`` and the training curves in ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from workembed.config import Config, load_config
+
+Log = Callable[[str], None]
+ESCO_TASKS = ("job-skill", "skill-job", "skill-normalization", "job-normalization")
+DEV_SETS = ("skill-extraction-house", "skill-extraction-tech", "skillskape-dev", "jobbert-titles")
+EXTRACTION_SETS = ("skill-extraction-house", "skill-extraction-tech")
+CURVE_METRICS = ("loss", "lr", "pairs_per_s")
+
+
+class ReferenceConfig(Config):
+    """Settings of ``make reference`` (``python -m workembed.reference``)."""
+
+    name: str = Field("reference", description="Run name: of the ingest run, the training run and the model.")
+    train: str = Field("jobs/configs/train_reference.yaml", description="The training recipe.")
+    train_set: list[str] = Field(default_factory=list, description="key=value overrides of the recipe.")
+    ingest: str = Field("jobs/configs/ingest.yaml", description="The ingest config (every job-ad set).")
+    ingest_set: list[str] = Field(
+        default_factory=list, description="key=value overrides of the ingest config."
+    )
+    filter: str = Field("jobs/configs/filter.yaml", description="The non-skill filter config.")
+    esco: str = Field("esco/v1.1.1", description="ESCO export of the evaluation tasks.")
+    tasks: str = Field("eval-tasks", description="Folder of the evaluation tasks (esco/, benchmarks/).")
+    zero_shot: str = Field("minilm", description="The zero-shot encoder compared against.")
+    tracking_uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
+        description="MLflow of the training run; null: a SQLite store in runs/<name>/mlflow.db.",
+    )
+    out: str = Field("reports/reference", description="Evaluation reports, the model card and its curves.")
+
+
+def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, Any]:
+    """Run the recipe's steps that are not done yet; returns where everything is."""
+    say = log or (lambda message: print(f"[reference] {message}", file=sys.stderr, flush=True))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = Path(config.tasks)
+    build_tasks(config, tasks, say)
+    edges = ingest(config, say)
+    train_config = training_config(config, edges, tasks)
+    model = train(train_config, say)
+    fit_filter(config, model, say)
+    reports = evaluate(config, model, tasks, out, say)
+    from workembed.model_card import CardInputs, write_model_card
+
+    card = write_model_card(
+        CardInputs(
+            name=config.name,
+            model=str(model),
+            zero_shot=config.zero_shot,
+            evaluation=reports["model"],
+            zero_shot_evaluation=reports["zero-shot"],
+            extraction=reports["model-extraction"],
+            zero_shot_extraction=reports["zero-shot-extraction"],
+            skill_filter=json.loads((model / "skill_filter_report.json").read_text(encoding="utf-8")),
+            training=training_record(train_config, model),
+            curves=training_curves(train_config),
+        ),
+        out,
+    )
+    say(f"model card: {card}")
+    return {"model": str(model), "card": str(card), "reports": {k: str(out / f"{k}.json") for k in reports}}
+
+
+def build_tasks(config: ReferenceConfig, tasks: Path, say: Log) -> None:
+    from workembed.eval.converters import ConvertConfig, run_convert
+    from workembed.eval.esco_tasks import BuildTasksConfig, run_build_tasks
+    from workembed.taxonomy import EscoConfig
+
+    if not (tasks / "esco" / "split.json").is_file():
+        say(f"building the ESCO evaluation tasks into {tasks / 'esco'}")
+        run_build_tasks(BuildTasksConfig(esco=EscoConfig(location=config.esco), out=str(tasks / "esco")))
+    if not all((tasks / "benchmarks" / name).is_dir() for name in DEV_SETS):
+        say(f"converting the development sets into {tasks / 'benchmarks'}")
+        run_convert(ConvertConfig(esco=EscoConfig(location=config.esco), out=str(tasks / "benchmarks")))
+
+
+def ingest(config: ReferenceConfig, say: Log) -> Path:
+    """The ingest run's ``edges`` folder (ingesting first unless its summary is there)."""
+    from workembed.data.config import IngestConfig
+    from workembed.data.pipeline import run_stage
+
+    ingest_config = load_config(IngestConfig, config.ingest, [f"run_id={config.name}", *config.ingest_set])
+    run = Path(ingest_config.output) / config.name
+    if not (run / "summary.json").is_file():
+        say(f"ingesting every job-ad set into {run}")
+        run_stage(ingest_config)
+    return (run / "edges").resolve()
+
+
+def training_config(config: ReferenceConfig, edges: Path, tasks: Path):
+    from workembed.train.config import TrainConfig
+
+    tracking = config.tracking_uri or f"sqlite:///{(Path('runs') / config.name / 'mlflow.db').resolve()}"
+    (Path("runs") / config.name).mkdir(parents=True, exist_ok=True)
+    overrides = [
+        f"run_name={config.name}",
+        f"data.edges=[{json.dumps(str(edges))}]",
+        f"data.split={(tasks / 'esco' / 'split.json').resolve()}",
+        f"tracking.tracking_uri={tracking}",
+        *config.train_set,
+    ]
+    return load_config(TrainConfig, config.train, overrides)
+
+
+def train(train_config, say: Log) -> Path:
+    """The model folder (training first, or resuming, unless it is there)."""
+    from workembed.train.trainer import run_train
+
+    model = (Path(train_config.output) / train_config.run_name).resolve()
+    if not (model / "workembed.json").is_file():
+        say(
+            f"training {train_config.run_name}: {train_config.steps} steps of {train_config.batch_size} pairs"
+        )
+        run_train(train_config, log=say)
+    return model
+
+
+def fit_filter(config: ReferenceConfig, model: Path, say: Log) -> None:
+    from workembed.train.skill_filter import SkillFilterConfig, run_skill_filter
+
+    if not (model / "skill_filter.json").is_file():
+        say("fitting the non-skill sentence filter")
+        run_skill_filter(load_config(SkillFilterConfig, config.filter, [f"model={model}", "out=null"]), say)
+
+
+def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+    """The four reports (model, zero-shot; ranking and extraction), computed unless already written."""
+    from workembed.eval.extraction_eval import ExtractionEvalConfig, run_extraction_eval
+    from workembed.eval.runner import EvalConfig, run_eval
+
+    datasets = [str(tasks / "esco" / name) for name in ESCO_TASKS]
+    datasets += [str(tasks / "benchmarks" / name) for name in DEV_SETS]
+    extraction = [str(tasks / "benchmarks" / name) for name in EXTRACTION_SETS]
+    runs = {
+        "model": lambda path: run_eval(
+            EvalConfig(model=str(model), datasets=datasets, baselines=True, out=str(path)), say
+        ),
+        "zero-shot": lambda path: run_eval(
+            EvalConfig(model=config.zero_shot, datasets=datasets, out=str(path)), say
+        ),
+        "model-extraction": lambda path: run_extraction_eval(
+            ExtractionEvalConfig(model=str(model), datasets=extraction, skill_filter="model", out=str(path)),
+            say,
+        ),
+        "zero-shot-extraction": lambda path: run_extraction_eval(
+            ExtractionEvalConfig(model=config.zero_shot, datasets=extraction, out=str(path)), say
+        ),
+    }
+    reports = {}
+    for name, run in runs.items():
+        path = out / f"{name}.json"
+        if not path.is_file():
+            say(f"evaluating: {name}")
+            run(path)
+        reports[name] = json.loads(path.read_text(encoding="utf-8"))
+    return reports
+
+
+def training_record(train_config, model: Path) -> dict[str, Any]:
+    """The resolved recipe and, from MLflow, the data fingerprint and graph summary of the training run."""
+    record: dict[str, Any] = {"config": train_config.model_dump(mode="json", exclude={"tracking"})}
+    run = _mlflow_run(train_config)
+    if run is not None:
+        record["data.fingerprint"] = run.data.tags.get("data.fingerprint")
+        graph = run.data.tags.get("data.graph")
+        record["data.graph"] = json.loads(graph) if graph else None
+        record["mlflow_run_id"] = run.info.run_id
+    record["model"] = str(model)
+    return record
+
+
+def training_curves(train_config) -> dict[str, list[tuple[int, float]]]:
+    """Per-step loss (total and per task), learning rate and throughput of the training run."""
+    run = _mlflow_run(train_config)
+    if run is None:
+        return {}
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=train_config.tracking.tracking_uri)
+    names = [name for name in run.data.metrics if name in CURVE_METRICS or name.startswith("loss")]
+    return {
+        name: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)] for name in names
+    }
+
+
+def _mlflow_run(train_config):
+    uri = train_config.tracking.tracking_uri
+    if not uri:
+        return None
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(train_config.tracking.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`workembed.run_name` = '{train_config.run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workembed.reference [-c jobs/configs/reference.yaml] [--set key=value ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m workembed.reference", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("-c", "--config", default="jobs/configs/reference.yaml")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    result = run_reference(load_config(ReferenceConfig, args.config, args.overrides))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
