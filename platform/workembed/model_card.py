@@ -69,6 +69,9 @@ def target_checks(inputs: CardInputs) -> list[dict[str, Any]]:
             {
                 "check": f"{target.dataset} {target.metric} ≥ {target.minimum:g}",
                 "value": value,
+                "baseline": _metric(
+                    inputs.zero_shot_evaluation, target.dataset, inputs.zero_shot, target.metric
+                ),
                 "met": value is not None and value >= target.minimum,
             }
         )

@@ -175,28 +175,26 @@ class EdgeGraph:
     def _drop_held_out(self, table: pa.Table, held_out: frozenset[str]) -> pa.Table:
         if not held_out:
             return table
-        touches = [
-            concept_of(left) in held_out or concept_of(right) in held_out
-            for left, right in zip(
-                table.column("left_id").to_pylist(), table.column("right_id").to_pylist(), strict=True
-            )
-        ]
-        self.summary.drop("held_out", sum(touches))
-        return table.filter(pa.array([not t for t in touches], pa.bool_()))
+        pairs = zip(table.column("left_id").to_pylist(), table.column("right_id").to_pylist(), strict=True)
+        touches = [concept_of(left) in held_out or concept_of(right) in held_out for left, right in pairs]
+        return self._drop_rows(table, "held_out", touches)
 
     def _drop_texts(self, table: pa.Table, excluded: frozenset[str]) -> pa.Table:
         if not excluded:
             return table
         from workembed.eval.leakage import text_key as benchmark_key
 
+        pairs = zip(
+            table.column("left_text").to_pylist(), table.column("right_text").to_pylist(), strict=True
+        )
         touches = [
-            benchmark_key(left) in excluded or benchmark_key(right) in excluded
-            for left, right in zip(
-                table.column("left_text").to_pylist(), table.column("right_text").to_pylist(), strict=True
-            )
+            benchmark_key(left) in excluded or benchmark_key(right) in excluded for left, right in pairs
         ]
-        self.summary.drop("benchmark_text", sum(touches))
-        return table.filter(pa.array([not t for t in touches], pa.bool_()))
+        return self._drop_rows(table, "benchmark_text", touches)
+
+    def _drop_rows(self, table: pa.Table, reason: str, drop: list[bool]) -> pa.Table:
+        self.summary.drop(reason, sum(drop))
+        return table.filter(pa.array([not d for d in drop], pa.bool_()))
 
     # ------------------------------------------------------------------------------------- sampling
 

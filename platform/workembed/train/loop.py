@@ -31,12 +31,10 @@ MODEL_DIR = "model"
 
 def train_worker(payload: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the :class:`~ray.train.torch.TorchTrainer` (see the module docstring)."""
-    import deepspeed
     import ray.train
 
     from workembed.losses import BipartiteInfoNCELoss
     from workembed.models.work_encoder import WorkEncoder
-    from workembed.train.deepspeed_config import deepspeed_config, lr_factor, optimizer
 
     config = TrainConfig.model_validate(payload["config"])
     context = ray.train.get_context()
@@ -49,14 +47,7 @@ def train_worker(payload: dict[str, Any]) -> None:
         normalize=config.model.head.normalize,
         head=config.model.head,
     )
-    adamw = optimizer(model.parameters(), config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=adamw,
-        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lr_factor(config)),
-        config=deepspeed_config(config),
-    )
-    engine.train()
+    engine = deepspeed_engine(model, list(model.parameters()), config)
     state = restore(engine)
     start = state["step"]
     tasks = config.data.tasks
@@ -86,13 +77,40 @@ def train_worker(payload: dict[str, Any]) -> None:
             "lr": lr,
             "pairs_per_s": config.batch_size / seconds,
         }
-        done = step + 1 == config.steps
-        if tracker is not None and ((step + 1) % config.log_every == 0 or done):
-            tracker.metrics(metrics, step + 1)
-        if (step + 1) % config.checkpoint.every_steps == 0 or done:
-            save_checkpoint(engine, model, metrics, {**state, "step": step + 1}, config, rank, export=done)
-        elif (step + 1) % config.log_every == 0:
-            ray.train.report(metrics)
+        end_step(engine, model, tracker, metrics, state, config, rank)
+
+
+def deepspeed_engine(model, parameters: list, config: TrainConfig):
+    """The DeepSpeed engine training ``parameters`` of ``model`` (AdamW, the warm-up schedule), in training
+    mode."""
+    import deepspeed
+
+    from workembed.train.deepspeed_config import deepspeed_config, lr_factor, optimizer
+
+    adamw = optimizer(parameters, config)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=adamw,
+        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lr_factor(config)),
+        config=deepspeed_config(config),
+    )
+    engine.train()
+    return engine
+
+
+def end_step(engine, model, tracker, metrics: dict, state: dict, config: TrainConfig, rank: int) -> None:
+    """After step ``metrics["step"]``: log its metrics (rank 0), then checkpoint every
+    ``checkpoint.every_steps`` and at the last step (exporting the model there), else report to Ray Train."""
+    import ray.train
+
+    step = metrics["step"]
+    done = step == config.steps
+    if tracker is not None and (step % config.log_every == 0 or done):
+        tracker.metrics(metrics, step)
+    if step % config.checkpoint.every_steps == 0 or done:
+        save_checkpoint(engine, model, metrics, {**state, "step": step}, config, rank, export=done)
+    elif step % config.log_every == 0:
+        ray.train.report(metrics)
 
 
 def load_graph(config: TrainConfig, held_out: list[str], excluded_texts: list[str] = ()) -> EdgeGraph:

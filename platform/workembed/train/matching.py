@@ -140,12 +140,10 @@ class MatchingGraph:
 
 def matching_worker(payload: dict[str, Any]) -> None:
     """``train_loop_per_worker`` of the section head (see the module docstring)."""
-    import deepspeed
     import ray.train
 
     from workembed.models.document_model import DocumentModel
-    from workembed.train.deepspeed_config import deepspeed_config, lr_factor, optimizer
-    from workembed.train.loop import StepLog, batch_digest, restore, save_checkpoint
+    from workembed.train.loop import StepLog, batch_digest, deepspeed_engine, end_step, restore
 
     config = TrainConfig.model_validate(payload["config"])
     settings = config.data.matching
@@ -156,14 +154,7 @@ def matching_worker(payload: dict[str, Any]) -> None:
     model = DocumentModel.build(config.model.backbone, config.model.head, settings.max_section_length)
     model.cache_sections = True  # the backbone is frozen: each section's token vectors once per run
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    adamw = optimizer(trainable, config)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=adamw,
-        lr_scheduler=torch.optim.lr_scheduler.LambdaLR(adamw, lr_factor(config)),
-        config=deepspeed_config(config),
-    )
-    engine.train()
+    engine = deepspeed_engine(model, trainable, config)
     state = restore(engine)
     loss = adjacency_loss(settings)
     tracker = StepLog(payload.get("tracking_uri"), payload.get("mlflow_run_id")) if rank == 0 else None
@@ -183,13 +174,7 @@ def matching_worker(payload: dict[str, Any]) -> None:
             "lr": lr,
             "projects_per_s": config.batch_size / (time.perf_counter() - started),
         }
-        done = step + 1 == config.steps
-        if tracker is not None and ((step + 1) % config.log_every == 0 or done):
-            tracker.metrics(metrics, step + 1)
-        if (step + 1) % config.checkpoint.every_steps == 0 or done:
-            save_checkpoint(engine, model, metrics, {**state, "step": step + 1}, config, rank, export=done)
-        elif (step + 1) % config.log_every == 0:
-            ray.train.report(metrics)
+        end_step(engine, model, tracker, metrics, state, config, rank)
 
 
 def adjacency_loss(settings: MatchingTrainConfig):
