@@ -80,7 +80,7 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
             zero_shot_extraction=reports["zero-shot-extraction"],
             skill_filter=json.loads((model / "skill_filter_report.json").read_text(encoding="utf-8")),
             training=training_record(train_config, model),
-            curves=training_curves(train_config),
+            curves=training_curves(train_config, model),
         ),
         out,
     )
@@ -186,7 +186,7 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
 def training_record(train_config, model: Path) -> dict[str, Any]:
     """The resolved recipe and, from MLflow, the data fingerprint and graph summary of the training run."""
     record: dict[str, Any] = {"config": train_config.model_dump(mode="json", exclude={"tracking"})}
-    run = _mlflow_run(train_config)
+    run = _mlflow_run(train_config, model)
     if run is not None:
         record["data.fingerprint"] = run.data.tags.get("data.fingerprint")
         graph = run.data.tags.get("data.graph")
@@ -196,9 +196,9 @@ def training_record(train_config, model: Path) -> dict[str, Any]:
     return record
 
 
-def training_curves(train_config) -> dict[str, list[tuple[int, float]]]:
-    """Per-step loss (total and per task), learning rate and throughput of the training run."""
-    run = _mlflow_run(train_config)
+def training_curves(train_config, model: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-step loss (total and per task), learning rate and throughput of the run that trained ``model``."""
+    run = _mlflow_run(train_config, model)
     if run is None:
         return {}
     from mlflow import MlflowClient
@@ -210,23 +210,19 @@ def training_curves(train_config) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-def _mlflow_run(train_config):
+def _mlflow_run(train_config, model: Path):
+    """The MLflow run that trained ``model`` (found as the registry finds it), or None."""
     uri = train_config.tracking.tracking_uri
     if not uri:
         return None
     from mlflow import MlflowClient
 
+    from workembed.models.work_encoder import read_model_info
+    from workembed.registry.lineage import training_run
+
     client = MlflowClient(tracking_uri=uri)
-    experiment = client.get_experiment_by_name(train_config.tracking.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`workembed.run_name` = '{train_config.run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    run_id = training_run(client, read_model_info(model), None)
+    return client.get_run(run_id) if run_id else None
 
 
 def main(argv: list[str] | None = None) -> int:
