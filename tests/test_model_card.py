@@ -121,6 +121,11 @@ def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
     (out / "zero-shot.json").write_text(json.dumps(report(ZERO, ZERO_FIGURES)))
     for name in ("model-extraction", "zero-shot-extraction"):
         (out / f"{name}.json").write_text(json.dumps({"results": {}}))
+    (out / "heads").mkdir()
+    for head, value in (("mean", 0.2), ("late-interaction", 0.3)):
+        system = f"runs/models/reference-{head}"
+        figures = {"job-skill": {"map": value}, "skillskape-dev": {"map": value + 0.1}}
+        (out / "heads" / f"{head}.json").write_text(json.dumps(report(system, figures)))
     config = ReferenceConfig(
         train=str(ROOT / "jobs/configs/train_reference.yaml"),
         ingest=str(ROOT / "jobs/configs/ingest.yaml"),
@@ -133,6 +138,8 @@ def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
     assert said == [f"model card: {out / CARD_FILE}"]  # nothing but the card was made
     card = (out / CARD_FILE).read_text()
     assert "precision 0.500, recall 1.000" in card
+    assert "## Head comparison (MAP, 60 training steps each)" in card
+    assert "| late-interaction | 0.300 | 0.400 |" in card
     assert '"steps": 280' in card and "MODEL_CARD" not in result["model"]
     assert set(ESCO_TASKS) <= set(json.loads((out / "model.json").read_text())["results"])
 

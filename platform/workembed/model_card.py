@@ -52,6 +52,8 @@ class CardInputs:
     extraction: Mapping[str, Any] | None = None
     zero_shot_extraction: Mapping[str, Any] | None = None
     skill_filter: Mapping[str, Any] | None = None
+    heads: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # head name → its evaluation report
+    compare_steps: int | None = None
 
 
 def _metric(report: Mapping[str, Any], dataset: str, system: str, metric: str) -> float | None:
@@ -132,6 +134,7 @@ def model_card(inputs: CardInputs, curves_file: str | None = None) -> str:
         cells += [_metric(inputs.evaluation, dataset, inputs.model, m) for m in TABLE_METRICS]
         cells += [_metric(inputs.evaluation, dataset, "bm25", m) for m in TABLE_METRICS]
         lines.append("| " + " | ".join([dataset, *map(_cell, cells)]) + " |")
+    lines += _heads_section(inputs)
     lines += _extraction_section(inputs)
     lines += _filter_section(inputs.skill_filter)
     lines += ["", "## Training", ""]
@@ -139,6 +142,21 @@ def model_card(inputs: CardInputs, curves_file: str | None = None) -> str:
         lines += [f"![training curves]({curves_file})", ""]
     lines += ["```json", json.dumps(dict(inputs.training), indent=2, default=str), "```", ""]
     return "\n".join(lines)
+
+
+def _heads_section(inputs: CardInputs) -> list[str]:
+    """MAP of each compared head (a report's system is its one model) on each dataset it was evaluated on."""
+    if not inputs.heads:
+        return []
+    datasets = sorted({d for report in inputs.heads.values() for d in report.get("results", {})})
+    steps = f", {inputs.compare_steps} training steps each" if inputs.compare_steps else ""
+    lines = ["", f"## Head comparison (MAP{steps})", ""]
+    lines += ["| head | " + " | ".join(datasets) + " |", "| --- |" + " ---: |" * len(datasets)]
+    for head, report in inputs.heads.items():
+        system = str(report.get("model"))
+        cells = [_metric(report, dataset, system, "map") for dataset in datasets]
+        lines.append(f"| {head} | " + " | ".join(map(_cell, cells)) + " |")
+    return lines
 
 
 def _extraction_section(inputs: CardInputs) -> list[str]:

@@ -42,7 +42,9 @@ class ReferenceConfig(Config):
     train_set: list[str] = Field(default_factory=list, description="key=value overrides of the recipe.")
     ingest: str = Field("jobs/configs/ingest.yaml", description="The ingest config (every job-ad set).")
     ingest_set: list[str] = Field(
-        default_factory=list, description="key=value overrides of the ingest config."
+        default_factory=list,
+        description="key=value overrides of the ingest config (jobs/configs/reference.yaml grounds sentences "
+        "lexically: embedding all 334k sentences would take over an hour on 2 CPU cores).",
     )
     filter: str = Field("jobs/configs/filter.yaml", description="The non-skill filter config.")
     esco: str = Field("esco/v1.1.1", description="ESCO export of the evaluation tasks.")
@@ -53,6 +55,13 @@ class ReferenceConfig(Config):
         description="MLflow of the training run; null: a SQLite store in runs/<name>/mlflow.db.",
     )
     out: str = Field("reports/reference", description="Evaluation reports, the model card and its curves.")
+    heads: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"name": "mean"}, {"name": "late-interaction", "temperature": 0.05}],
+        description="Heads compared at `compare_steps` steps each (otherwise the recipe as it is), on "
+        "SkillSkape dev and the held-apart ESCO tasks ('token-attention' trains as 'late-interaction'); "
+        "empty: no comparison.",
+    )
+    compare_steps: int = Field(60, ge=1, description="Training steps of each head in the comparison.")
 
 
 def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, Any]:
@@ -67,6 +76,7 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
     model = train(train_config, say)
     fit_filter(config, model, say)
     reports = evaluate(config, model, tasks, out, say)
+    comparison = compare_heads(config, edges, tasks, out, say)
     from workembed.model_card import CardInputs, write_model_card
 
     card = write_model_card(
@@ -81,6 +91,8 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
             skill_filter=json.loads((model / "skill_filter_report.json").read_text(encoding="utf-8")),
             training=training_record(train_config, model),
             curves=training_curves(train_config, model),
+            heads=comparison,
+            compare_steps=config.compare_steps,
         ),
         out,
     )
@@ -114,7 +126,8 @@ def ingest(config: ReferenceConfig, say: Log) -> Path:
     return (run / "edges").resolve()
 
 
-def training_config(config: ReferenceConfig, edges: Path, tasks: Path):
+def training_config(config: ReferenceConfig, edges: Path, tasks: Path, extra: list[str] = ()):
+    """The recipe with the run's name, data and tracking; ``extra`` overrides go last."""
     from workembed.train.config import TrainConfig
 
     tracking = config.tracking_uri or f"sqlite:///{(Path('runs') / config.name / 'mlflow.db').resolve()}"
@@ -125,6 +138,7 @@ def training_config(config: ReferenceConfig, edges: Path, tasks: Path):
         f"data.split={(tasks / 'esco' / 'split.json').resolve()}",
         f"tracking.tracking_uri={tracking}",
         *config.train_set,
+        *extra,
     ]
     return load_config(TrainConfig, config.train, overrides)
 
@@ -180,6 +194,45 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
             say(f"evaluating: {name}")
             run(path)
         reports[name] = json.loads(path.read_text(encoding="utf-8"))
+    return reports
+
+
+COMPARE_SETS = ("skillskape-dev",)
+
+
+def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+    """Each head of ``heads`` trained ``compare_steps`` steps (run ``<name>-<head>``) and evaluated on
+    SkillSkape dev and the held-apart ESCO tasks (late interaction scored as it trains); reports by head."""
+    from workembed.eval.runner import EvalConfig, run_eval
+    from workembed.models.heads import HeadConfig
+
+    datasets = [str(tasks / "esco" / name) for name in ESCO_TASKS]
+    datasets += [str(tasks / "benchmarks" / name) for name in COMPARE_SETS]
+    reports = {}
+    for settings in config.heads:
+        head = HeadConfig.model_validate(settings)
+        path = out / "heads" / f"{head.name}.json"
+        if not path.is_file():
+            run = f"{config.name}-{head.name}"
+            overrides = [
+                f"steps={config.compare_steps}",
+                f"model.head={json.dumps(head.model_dump(exclude_defaults=True) | {'name': head.name})}",
+            ]
+            head_config = training_config(config.model_copy(update={"name": run}), edges, tasks, overrides)
+            model = train(head_config, say)
+            late = head.name in ("late-interaction", "token-attention")
+            say(f"evaluating the {head.name} head")
+            run_eval(
+                EvalConfig(
+                    model=str(model),
+                    datasets=datasets,
+                    scorer="late-interaction" if late else "cosine",
+                    temperature=head.temperature,
+                    out=str(path),
+                ),
+                say,
+            )
+        reports[head.name] = json.loads(path.read_text(encoding="utf-8"))
     return reports
 
 
