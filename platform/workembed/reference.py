@@ -130,8 +130,11 @@ def training_config(config: ReferenceConfig, edges: Path, tasks: Path, extra: li
     """The recipe with the run's name, data and tracking; ``extra`` overrides go last."""
     from workembed.train.config import TrainConfig
 
-    tracking = config.tracking_uri or f"sqlite:///{(Path('runs') / config.name / 'mlflow.db').resolve()}"
-    (Path("runs") / config.name).mkdir(parents=True, exist_ok=True)
+    tracking = config.tracking_uri
+    if tracking is None:
+        store = Path("runs") / config.name / "mlflow.db"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tracking = f"sqlite:///{store.resolve()}"
     overrides = [
         f"run_name={config.name}",
         f"data.edges=[{json.dumps(str(edges))}]",
@@ -187,14 +190,15 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
             ExtractionEvalConfig(model=config.zero_shot, datasets=extraction, out=str(path)), say
         ),
     }
-    reports = {}
-    for name, run in runs.items():
-        path = out / f"{name}.json"
-        if not path.is_file():
-            say(f"evaluating: {name}")
-            run(path)
-        reports[name] = json.loads(path.read_text(encoding="utf-8"))
-    return reports
+    return {name: cached_report(out / f"{name}.json", run, say) for name, run in runs.items()}
+
+
+def cached_report(path: Path, run: Callable[[Path], Any], say: Log) -> dict[str, Any]:
+    """The JSON report at ``path``, written by ``run(path)`` first unless it is already there."""
+    if not path.is_file():
+        say(f"evaluating: {path.stem}")
+        run(path)
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 COMPARE_SETS = ("skillskape-dev",)
@@ -205,35 +209,36 @@ def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, 
     SkillSkape dev and the held-apart ESCO tasks (late interaction scored as it trains); reports by head."""
     from workembed.eval.runner import EvalConfig, run_eval
     from workembed.models.heads import HeadConfig
+    from workembed.train.config import TOKEN_HEADS
 
     datasets = [str(tasks / "esco" / name) for name in ESCO_TASKS]
     datasets += [str(tasks / "benchmarks" / name) for name in COMPARE_SETS]
-    reports = {}
-    for settings in config.heads:
-        head = HeadConfig.model_validate(settings)
-        path = out / "heads" / f"{head.name}.json"
-        if not path.is_file():
-            run = f"{config.name}-{head.name}"
+
+    def trained_and_evaluated(head: HeadConfig) -> Callable[[Path], Any]:
+        def run(path: Path) -> Any:
             overrides = [
                 f"steps={config.compare_steps}",
                 f"model.head={json.dumps(head.model_dump(exclude_defaults=True) | {'name': head.name})}",
             ]
-            head_config = training_config(config.model_copy(update={"name": run}), edges, tasks, overrides)
-            model = train(head_config, say)
-            late = head.name in ("late-interaction", "token-attention")
-            say(f"evaluating the {head.name} head")
-            run_eval(
-                EvalConfig(
-                    model=str(model),
-                    datasets=datasets,
-                    scorer="late-interaction" if late else "cosine",
-                    temperature=head.temperature,
-                    out=str(path),
-                ),
-                say,
+            renamed = config.model_copy(update={"name": f"{config.name}-{head.name}"})
+            model = train(training_config(renamed, edges, tasks, overrides), say)
+            scorer = "late-interaction" if head.name in TOKEN_HEADS else "cosine"
+            evaluation = EvalConfig(
+                model=str(model),
+                datasets=datasets,
+                scorer=scorer,
+                temperature=head.temperature,
+                out=str(path),
             )
-        reports[head.name] = json.loads(path.read_text(encoding="utf-8"))
-    return reports
+            return run_eval(evaluation, say)
+
+        return run
+
+    heads = [HeadConfig.model_validate(settings) for settings in config.heads]
+    return {
+        head.name: cached_report(out / "heads" / f"{head.name}.json", trained_and_evaluated(head), say)
+        for head in heads
+    }
 
 
 def training_record(train_config, model: Path) -> dict[str, Any]:

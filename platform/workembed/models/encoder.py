@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workembed.models.heads.pooling import masked_mean
+
 MINILM = "minilm"
 
 
@@ -125,10 +127,7 @@ class Encoder:
     @property
     def output_dim(self) -> int:
         """Width of :meth:`embed`'s vectors (the head's, when it has one)."""
-        if self.head is None:
-            return self.dim
-        sides = getattr(self.head, "sides", None)
-        return int(next(iter(sides.values()))) if sides else int(self.head.output_dim)
+        return self.dim if self.head is None else int(self.head.output_dim)
 
     def side(self, kind: str | None) -> str | None:
         """The projection side that encodes texts of input ``kind`` (a WorkRB input type such as
@@ -151,8 +150,7 @@ class Encoder:
         for index, hidden, mask, _ in self._batches(texts):
             with torch.inference_mode():
                 if self.head is None:
-                    weights = mask.unsqueeze(-1).to(hidden.dtype)
-                    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+                    pooled = masked_mean(hidden, mask)
                 elif side is not None:
                     pooled = self.head(hidden, mask, side)
                 else:

@@ -136,7 +136,6 @@ class OnnxEncoder:
     with a trained pooling head (projection, BiLSTM) run on torch (:class:`~workembed.models.Encoder`)."""
 
     head = None
-    input_sides: dict[str, str] = {}
 
     def __init__(
         self,

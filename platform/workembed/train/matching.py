@@ -32,7 +32,6 @@ from workembed.train.config import MatchingTrainConfig, TrainConfig
 class MatchingBatch:
     """A batch of projects and the profiles drawn for them (indices into the graph's lists)."""
 
-    step: int
     projects: np.ndarray  # [P] project indices
     profiles: list[np.ndarray]  # per project: its drawn profile indices
 
@@ -119,7 +118,7 @@ class MatchingGraph:
             positives = rng.permutation(self.positives[i])[: self.config.positives_per_project]
             negatives = rng.permutation(self.negatives.get(i, []))[: self.config.negatives_per_project]
             drawn.append(np.concatenate([positives, negatives]).astype(np.int64))
-        return MatchingBatch(step, chosen.astype(np.int64), drawn)
+        return MatchingBatch(chosen.astype(np.int64), drawn)
 
     def label_matrix(self, projects: list[int], profiles: list[int]) -> torch.Tensor:
         """``[len(projects), len(profiles)]`` int8 labels of every known pair, else -1 for a category

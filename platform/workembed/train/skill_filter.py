@@ -73,7 +73,7 @@ def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[
     train, dev = read_skillspan(folder / "train.json"), read_skillspan(folder / "dev.json")
     benchmark = benchmark_texts(resolve_data_path(config.benchmarks))
     hits = leaked([s.text for s in train], benchmark)
-    excluded = {text_key(text) for texts in hits.values() for text in texts}
+    excluded = frozenset().union(*benchmark.values())
     kept = [s for s in train if text_key(s.text) not in excluded]
     say(f"SkillSpan train: {len(train)} sentences, {len(train) - len(kept)} dropped as benchmark sentences")
     encoder = Encoder(

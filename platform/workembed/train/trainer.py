@@ -45,7 +45,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
 
         payload["matching_folder"] = str(matching_folder(config.data.matching.source.directory).resolve())
     else:
-        worker, datasets, unit = train_worker, {"edges": edges_dataset(config)}, "pairs"
+        worker, datasets, unit = train_worker, {"edges": edges_dataset(config, log)}, "pairs"
         payload["held_out"] = sorted(held_out_concepts(config))
         payload["benchmark_texts"] = sorted(benchmark_keys(config))
     mlflow_run_id = open_mlflow_run(config, run_name)
@@ -137,7 +137,7 @@ def benchmark_keys(config: TrainConfig) -> frozenset[str]:
     return frozenset().union(*benchmark_texts(resolve_data_path(config.data.benchmarks)).values())
 
 
-def edges_dataset(config: TrainConfig):
+def edges_dataset(config: TrainConfig, log: Log = _stderr):
     """The training edges as one Ray Data dataset: Parquet ``edges``, ESCO-only edges and SkillSkape sentence
     edges; edges written by a test model (origin ``synthetic-test``) are never trained on."""
     import ray.data
@@ -162,7 +162,12 @@ def edges_dataset(config: TrainConfig):
         taxonomy = load_esco_config(EscoConfig(location=config.data.esco))
         parts.append(ray.data.from_arrow(esco_edges_table(taxonomy, GraphConfig())))
         if config.data.skillskape is not None:
-            table, _ = skillskape_edges_table(resolve_data_path(config.data.skillskape), taxonomy)
+            table, summary = skillskape_edges_table(resolve_data_path(config.data.skillskape), taxonomy)
+            unknown = len(summary.get("unknown_labels", {}))
+            log(
+                f"SkillSkape {config.data.skillskape}: {summary['sentences']} sentences → {summary['edges']} "
+                f"edges; dropped {summary['dropped']}, unknown labels: {unknown}"
+            )
             parts.append(ray.data.from_arrow(table))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 

@@ -40,6 +40,18 @@ class AsymmetricProjection(nn.Module):
         """Output dimension of each side."""
         return {side: layer.out_features for side, layer in self.projections.items()}
 
+    @property
+    def output_dim(self) -> int:
+        """The one output dimension of all sides (what a batch of rows of mixed sides needs)."""
+        return self.shared_width()
+
+    def shared_width(self) -> int:
+        """The output dimension every side has; a clear error when the sides differ."""
+        dims = set(self.sides.values())
+        if len(dims) != 1:
+            raise ValueError(f"rows of mixed sides need one output dimension for all sides, got {self.sides}")
+        return dims.pop()
+
     def side_index(self, side: str) -> int:
         """Position of ``side`` in :attr:`sides` (the ids :meth:`project_rows` takes)."""
         if side not in self.projections:
@@ -56,9 +68,7 @@ class AsymmetricProjection(nn.Module):
         """``[B, H], [B] → [B, D]``: row ``i`` through the side with id ``side_ids[i]`` (sides of one output
         dimension). Every side's map runs on every row, so each side's parameters take part in the graph
         (a zero gradient, not none, for a side absent from the batch)."""
-        dims = set(self.sides.values())
-        if len(dims) != 1:
-            raise ValueError(f"rows of mixed sides need one output dimension for all sides, got {self.sides}")
+        self.shared_width()
         stacked = torch.stack([layer(pooled) for layer in self.projections.values()])  # [S, B, D]
         rows = torch.arange(pooled.shape[0], device=pooled.device)
         out = stacked[side_ids.to(pooled.device), rows]
