@@ -126,6 +126,27 @@ def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
         system = f"runs/models/reference-{head}"
         figures = {"job-skill": {"map": value}, "skillskape-dev": {"map": value + 0.1}}
         (out / "heads" / f"{head}.json").write_text(json.dumps(report(system, figures)))
+    registry = {
+        "tracking_uri": "sqlite:///runs/reference/mlflow.db",
+        "name": "workembed-reference",
+        "version": "3",
+        "alias": "champion",
+        "threshold": 0.41,
+        "holder": "workembed-reference version 2",
+        "decision": "refused",
+        "reasons": ["1 gate metric(s) dropped by more than 0.005"],
+        "gate": [
+            {
+                "dataset": "job-skill",
+                "metric": "map",
+                "holder": 0.3,
+                "candidate": 0.29,
+                "diff": -0.01,
+                "verdict": "regressed",
+            }
+        ],
+    }
+    (out / "registry.json").write_text(json.dumps(registry))
     config = ReferenceConfig(
         train=str(ROOT / "jobs/configs/train_reference.yaml"),
         ingest=str(ROOT / "jobs/configs/ingest.yaml"),
@@ -140,6 +161,9 @@ def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
     assert "precision 0.500, recall 1.000" in card
     assert "## Head comparison (MAP, 60 training steps each)" in card
     assert "| late-interaction | 0.300 | 0.400 |" in card
+    assert "version 3 (sqlite:///runs/reference/mlflow.db); extraction threshold 0.410" in card
+    assert "against workembed-reference version 2: **refused** (1 gate metric(s) dropped" in card
+    assert "| job-skill | map | 0.300 | 0.290 | -0.010 | regressed |" in card
     assert '"steps": 280' in card and "MODEL_CARD" not in result["model"]
     assert set(ESCO_TASKS) <= set(json.loads((out / "model.json").read_text())["results"])
 

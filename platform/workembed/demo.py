@@ -7,8 +7,10 @@
 3. runs the pipeline of ``jobs/configs/demo.yaml`` as Ray jobs: ingest → train (2 CPU workers, DeepSpeed
    ZeRO-2) → evaluate → register (MLflow version with its calibrated threshold) → promote (the gate against
    the zero-shot encoder or the current champion) → extract (batch extraction over the ingested ads);
-4. serves ``models:/workembed@champion`` with Ray Serve and sends real requests: skills extracted from an
-   ad, titles normalised to ESCO occupations, occupations ranked for a skill;
+4. serves ``models:/workembed@champion`` with Ray Serve — or, when ``make reference`` has registered and
+   promoted the reference model (``reports/reference/registry.json``), that model from its registry over the
+   ESCO release it was trained on — and sends real requests: skills extracted from an ad, titles normalised
+   to ESCO occupations, occupations ranked for a skill;
 5. prints where to look, then stops what it started (``KEEP=1`` / ``--keep`` leaves everything running).
 """
 
@@ -26,6 +28,9 @@ from typing import Any
 
 DEMO_ROOT = Path("runs/demo")
 PIPELINE = Path("jobs/configs/demo.yaml")
+REFERENCE = Path("reports/reference/registry.json")
+DEMO_MODEL = "models:/workembed@champion"
+SERVED_BY_REFERENCE = ("promoted", "forced")
 SERVE_PORT = 8000
 SAMPLE_AD = (
     "Blue Harbor Systems is hiring a database administrator in Leeds.\n"
@@ -78,8 +83,30 @@ def wait_until_serving(base: str, timeout_s: float = 600.0) -> dict[str, Any]:
     raise RuntimeError(f"the Serve application did not answer within {timeout_s:.0f} s ({last})")
 
 
-def serve_champion(config, tracking_uri: str, esco: str, port: int) -> str:
-    """Deploy the Serve application on the local head with the champion; returns its base URL."""
+def reference_champion(record: Path) -> dict[str, Any] | None:
+    """The reference model's registry record (``make reference``) when its gate promoted it and the alias
+    still resolves in its registry; None (saying why) otherwise."""
+    if not record.is_file():
+        return None
+    reference = json.loads(record.read_text(encoding="utf-8"))
+    if reference.get("decision") not in SERVED_BY_REFERENCE:
+        say(f"  reference model not served: its promotion was {reference.get('decision')} ({record})")
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri=reference["tracking_uri"]).get_model_version_by_alias(
+            reference["name"], reference["alias"]
+        )
+    except MlflowException as err:
+        say(f"  reference model not served: {reference['uri']} does not resolve ({err.message})")
+        return None
+    return reference
+
+
+def serve_champion(config, model: str, tracking_uri: str, esco: str, port: int) -> str:
+    """Deploy the Serve application on the local head with ``model``; returns its base URL."""
     import ray
     from ray import serve
 
@@ -88,7 +115,7 @@ def serve_champion(config, tracking_uri: str, esco: str, port: int) -> str:
     ray.init(address=f"127.0.0.1:{config.ray.port}", log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
-        "model": "models:/workembed@champion",
+        "model": model,
         "tracking_uri": tracking_uri,
         "esco": esco,
         "alias_poll_s": 10,
@@ -120,7 +147,7 @@ def show_answers(base: str) -> None:
         say(f"  {hit['score']:.3f}  {hit['label']}")
 
 
-def run_demo(keep: bool, esco: str, port: int) -> int:
+def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = REFERENCE) -> int:
     from workembed import services
     from workembed.config import load_config
     from workembed.pipeline import PipelineConfig, PipelineError, run_pipeline
@@ -144,8 +171,13 @@ def run_demo(keep: bool, esco: str, port: int) -> int:
         except PipelineError as err:
             say(f"\ndemo: {err}")
             return 1
-        say("\n== Ray Serve: models:/workembed@champion")
-        base = serve_champion(config, env["MLFLOW_TRACKING_URI"], esco, port)
+        model, tracking_uri, served_esco = DEMO_MODEL, env["MLFLOW_TRACKING_URI"], esco
+        reference = reference_champion(reference_record) if reference_record else None
+        if reference is not None:
+            model, tracking_uri, served_esco = reference["uri"], reference["tracking_uri"], reference["esco"]
+            say(f"\n== the reference model is registered and promoted ({reference_record})")
+        say(f"\n== Ray Serve: {model} (ESCO {served_esco})")
+        base = serve_champion(config, model, tracking_uri, served_esco, port)
         models = wait_until_serving(base)
         say(f"  serving {json.dumps(models.get('default', models))[:300]}")
         show_answers(base)
@@ -156,6 +188,8 @@ def run_demo(keep: bool, esco: str, port: int) -> int:
         say(f"  evaluation:      {DEMO_ROOT / 'reports' / run_id / 'eval.md'}")
         say(f"  extraction:      {DEMO_ROOT / 'extract' / run_id}/extractions (Parquet)")
         say(f"  pipeline state:  {DEMO_ROOT / 'pipeline' / run_id / 'state.json'}")
+        if reference is not None:
+            say(f"  reference model: {reference_record.parent / 'MODEL_CARD.md'} ({tracking_uri})")
         say(f"\ndemo finished in {(time.monotonic() - started_at) / 60:.1f} min")
         return 0
     finally:
@@ -192,13 +226,21 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("DEMO_ESCO", "builtin"),
         help="taxonomy: 'builtin' (ESCO ICT sample, default) or an export such as esco/v1.1.1",
     )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=Path(os.environ.get("DEMO_REFERENCE", str(REFERENCE))),
+        help="registry record of `make reference`; when its model was promoted the demo serves it instead of "
+        "the demo pipeline's champion (also DEMO_REFERENCE; 'none': always the demo's champion)",
+    )
     parser.add_argument("--port", type=int, default=SERVE_PORT, help="HTTP port of the Serve application")
     parser.add_argument("--prepare", action="store_true", help="only write the sample data and exit")
     args = parser.parse_args(argv)
     if args.prepare:
         say(json.dumps(prepare(DEMO_ROOT, args.esco), indent=2))
         return 0
-    return run_demo(args.keep, args.esco, args.port)
+    reference = None if str(args.reference) == "none" else args.reference
+    return run_demo(args.keep, args.esco, args.port, reference)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class CardInputs:
     skill_filter: Mapping[str, Any] | None = None
     heads: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # head name → its evaluation report
     compare_steps: int | None = None
+    registry: Mapping[str, Any] | None = None  # the recipe's registration and gate decision
 
 
 def _metric(report: Mapping[str, Any], dataset: str, system: str, metric: str) -> float | None:
@@ -137,6 +138,7 @@ def model_card(inputs: CardInputs, curves_file: str | None = None) -> str:
     lines += _heads_section(inputs)
     lines += _extraction_section(inputs)
     lines += _filter_section(inputs.skill_filter)
+    lines += _registry_section(inputs.registry)
     lines += ["", "## Training", ""]
     if curves_file:
         lines += [f"![training curves]({curves_file})", ""]
@@ -200,6 +202,35 @@ def _filter_section(report: Mapping[str, Any] | None) -> list[str]:
         f"precision {dev['precision']:.3f}, recall {dev['recall']:.3f}, {dev['dropped']:.1%} of sentences "
         "dropped.",
     ]
+
+
+def _registry_section(record: Mapping[str, Any] | None) -> list[str]:
+    """The registered version, its threshold and the promotion gate's decision with its table."""
+    if not record:
+        return []
+    threshold = record.get("threshold")
+    lines = [
+        "",
+        "## Registry",
+        "",
+        f"Registered as `{record['name']}` version {record['version']} ({record['tracking_uri']}); "
+        f"extraction threshold {_cell(threshold)}. Promotion to '{record['alias']}' against "
+        f"{record['holder']}: **{record['decision']}**"
+        + (f" ({'; '.join(record['reasons'])})" if record.get("reasons") else "")
+        + ".",
+    ]
+    if record.get("gate"):
+        lines += [
+            "",
+            "| dataset | metric | holder | candidate | diff | verdict |",
+            "| --- | --- | ---: | ---: | ---: | --- |",
+        ]
+        for row in record["gate"]:
+            cells = [_cell(row[key]) for key in ("holder", "candidate", "diff")]
+            lines.append(
+                f"| {row['dataset']} | {row['metric']} | " + " | ".join(cells) + f" | {row['verdict']} |"
+            )
+    return lines
 
 
 def write_model_card(inputs: CardInputs, out: str | Path) -> Path:

@@ -11,7 +11,12 @@ training run resumes from its last checkpoint):
 4. ``filter``: the model's non-skill sentence filter (``filter``);
 5. ``evaluate``: the model (with BM25) and the zero-shot encoder on the ESCO tasks and development sets, and
    the skill-extraction protocol for both (the model's with its filter on);
-6. ``card``: ``MODEL_CARD.md`` and the training curves in ``out``.
+6. ``compare``: each head of ``heads`` trained ``compare_steps`` steps and evaluated on the selection sets;
+7. ``register``: the model registered as a version of ``registered_model`` in the training run's MLflow
+   (extraction threshold calibrated on the skill-extraction validation sets) and promoted to ``alias``
+   through the gate (the zero-shot encoder, or the alias holder, on ``gate_sets``); the decision goes to
+   ``<out>/registry.json``, which ``make demo`` reads to serve the model;
+8. ``card``: ``MODEL_CARD.md`` and the training curves in ``out``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ ESCO_TASKS = ("job-skill", "skill-job", "skill-normalization", "job-normalizatio
 DEV_SETS = ("skill-extraction-house", "skill-extraction-tech", "skillskape-dev", "jobbert-titles")
 EXTRACTION_SETS = ("skill-extraction-house", "skill-extraction-tech")
 CURVE_METRICS = ("loss", "lr", "pairs_per_s")
+REGISTRY_FILE = "registry.json"
 
 
 class ReferenceConfig(Config):
@@ -62,6 +68,19 @@ class ReferenceConfig(Config):
         "empty: no comparison.",
     )
     compare_steps: int = Field(60, ge=1, description="Training steps of each head in the comparison.")
+    registered_model: str = Field(
+        "workembed-reference", min_length=1, description="Registered model name of the reference model."
+    )
+    alias: str = Field("champion", min_length=1, description="Alias the gate may move to the new version.")
+    gate_sets: list[str] = Field(
+        default_factory=lambda: (
+            [f"esco/{name}" for name in ESCO_TASKS] + [f"benchmarks/{n}" for n in DEV_SETS]
+        ),
+        description="Gate datasets, relative to `tasks`: the candidate may not fall behind the holder on any "
+        "(default: every ESCO task and development set, i.e. no dev task below zero-shot).",
+    )
+    gate_metrics: list[str] = Field(default_factory=lambda: ["map", "mrr"], description="Metrics gated.")
+    gate_tolerance: float = Field(0.005, ge=0, description="Largest allowed drop of a gated metric.")
 
 
 def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, Any]:
@@ -77,6 +96,7 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
     fit_filter(config, model, say)
     reports = evaluate(config, model, tasks, out, say)
     comparison = compare_heads(config, edges, tasks, out, say)
+    registry = register(config, model, tasks, out, say)
     from workembed.model_card import CardInputs, write_model_card
 
     card = write_model_card(
@@ -93,6 +113,7 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
             curves=training_curves(train_config, model),
             heads=comparison,
             compare_steps=config.compare_steps,
+            registry=registry,
         ),
         out,
     )
@@ -130,20 +151,24 @@ def training_config(config: ReferenceConfig, edges: Path, tasks: Path, extra: li
     """The recipe with the run's name, data and tracking; ``extra`` overrides go last."""
     from workembed.train.config import TrainConfig
 
-    tracking = config.tracking_uri
-    if tracking is None:
-        store = Path("runs") / config.name / "mlflow.db"
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tracking = f"sqlite:///{store.resolve()}"
     overrides = [
         f"run_name={config.name}",
         f"data.edges=[{json.dumps(str(edges))}]",
         f"data.split={(tasks / 'esco' / 'split.json').resolve()}",
-        f"tracking.tracking_uri={tracking}",
+        f"tracking.tracking_uri={tracking_uri(config)}",
         *config.train_set,
         *extra,
     ]
     return load_config(TrainConfig, config.train, overrides)
+
+
+def tracking_uri(config: ReferenceConfig) -> str:
+    """The MLflow of the recipe's runs and registry: ``tracking_uri``, else ``runs/<name>/mlflow.db``."""
+    if config.tracking_uri is not None:
+        return config.tracking_uri
+    store = Path("runs") / config.name / "mlflow.db"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store.resolve()}"
 
 
 def train(train_config, say: Log) -> Path:
@@ -239,6 +264,52 @@ def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, 
         head.name: cached_report(out / "heads" / f"{head.name}.json", trained_and_evaluated(head), say)
         for head in heads
     }
+
+
+def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+    """Register ``model`` and promote it through the gate, unless ``<out>/registry.json`` records that this
+    was done; returns that record (registered model, version, tracking URI, threshold, gate decision)."""
+    from workembed.registry.config import CalibrationConfig, GateConfig, RegistryConfig
+    from workembed.registry.promotion import PromotionRefused, promote
+    from workembed.registry.register import register_model
+
+    path = out / REGISTRY_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    registry = RegistryConfig(
+        tracking_uri=tracking_uri(config),
+        name=config.registered_model,
+        calibration=CalibrationConfig(
+            datasets=[str((tasks / "benchmarks" / name).resolve()) for name in EXTRACTION_SETS]
+        ),
+        gate=GateConfig(
+            datasets=[str((tasks / name).resolve()) for name in config.gate_sets],
+            metrics=config.gate_metrics,
+            tolerance=config.gate_tolerance,
+        ),
+    )
+    say(f"registering {model} as a version of {registry.name}")
+    version = register_model(registry, model_dir=model, report=out / "model.json", log=say)
+    try:
+        decision = promote(registry, version["version"], config.alias, log=say)
+    except PromotionRefused as refused:
+        decision = refused.result
+    say(f"gate: version {version['version']} {decision['decision']} ({config.alias})")
+    record = {
+        "tracking_uri": registry.tracking_uri,
+        "name": registry.name,
+        "version": version["version"],
+        "alias": config.alias,
+        "uri": f"models:/{registry.name}@{config.alias}",
+        "esco": config.esco,
+        "threshold": (version["extraction"] or {}).get("threshold"),
+        "decision": decision["decision"],
+        "holder": decision["holder"],
+        "reasons": decision["reasons"],
+        "gate": decision["table"],
+    }
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
 
 
 def training_record(train_config, model: Path) -> dict[str, Any]:
