@@ -12,6 +12,7 @@ from workembed.model_card import (
     CardInputs,
     model_card,
     target_checks,
+    training_time,
     write_model_card,
 )
 from workembed.reference import DEV_SETS, ESCO_TASKS, ReferenceConfig, run_reference
@@ -95,6 +96,17 @@ def test_the_card_holds_the_tables_and_the_curves(tmp_path):
     assert (tmp_path / CURVES_FILE).read_bytes().startswith(b"\x89PNG")
     assert f"![training curves]({CURVES_FILE})" in path.read_text()
     assert not (write_model_card(inputs(), tmp_path / "no-curves").parent / CURVES_FILE).exists()
+
+
+def test_training_time_sums_each_steps_last_measured_time():
+    # steps of 100 pairs at 50, 25 (logged twice: resumed, the last value counts) and 100 pairs/s: 2 + 4 + 1 s
+    curves = {"pairs_per_s": [(1, 50.0), (2, 10.0), (2, 25.0), (3, 100.0)]}
+    timing = training_time(curves, 100)
+    assert timing["steps"] == 3 and timing["minutes"] == 7 / 60 and timing["pairs_per_s"] == 300 / 7
+    assert training_time({}, 100) is None and training_time(curves, None) is None
+    training = {"config": {"batch_size": 100}}
+    card = model_card(inputs(curves=curves, training=training))
+    assert "3 steps in 0.1 minutes of training steps (42.9 pairs/s;" in card
 
 
 def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):

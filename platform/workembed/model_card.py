@@ -88,6 +88,20 @@ def target_checks(inputs: CardInputs) -> list[dict[str, Any]]:
     return checks
 
 
+def training_time(curves: Mapping[str, Sequence[tuple[int, float]]], batch_size: int | None) -> dict | None:
+    """Steps, minutes and mean throughput of the training steps, from each step's logged pairs/s (a step
+    logged twice, as after a resume, counts once: its last value)."""
+    by_step = dict(curves.get("pairs_per_s", ()))
+    if not batch_size or not by_step:
+        return None
+    seconds = sum(batch_size / rate for rate in by_step.values())
+    return {
+        "steps": len(by_step),
+        "minutes": seconds / 60,
+        "pairs_per_s": batch_size * len(by_step) / seconds,
+    }
+
+
 def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path) -> Path | None:
     """One panel per metric (step on x); None when there is nothing to plot."""
     series = {name: points for name, points in curves.items() if points}
@@ -140,6 +154,14 @@ def model_card(inputs: CardInputs, curves_file: str | None = None) -> str:
     lines += _filter_section(inputs.skill_filter)
     lines += _registry_section(inputs.registry)
     lines += ["", "## Training", ""]
+    timing = training_time(inputs.curves, inputs.training.get("config", {}).get("batch_size"))
+    if timing:
+        lines += [
+            f"{timing['steps']} steps in {timing['minutes']:.1f} minutes of training steps "
+            f"({timing['pairs_per_s']:.1f} pairs/s; the sum of the measured step times, without loading the "
+            "graph and starting the workers).",
+            "",
+        ]
     if curves_file:
         lines += [f"![training curves]({curves_file})", ""]
     lines += ["```json", json.dumps(dict(inputs.training), indent=2, default=str), "```", ""]
