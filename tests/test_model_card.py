@@ -98,15 +98,18 @@ def test_the_card_holds_the_tables_and_the_curves(tmp_path):
     assert not (write_model_card(inputs(), tmp_path / "no-curves").parent / CURVES_FILE).exists()
 
 
-def test_training_time_sums_each_steps_last_measured_time():
-    # steps of 100 pairs at 50, 25 (logged twice: resumed, the last value counts) and 100 pairs/s: 2 + 4 + 1 s
-    curves = {"pairs_per_s": [(1, 50.0), (2, 10.0), (2, 25.0), (3, 100.0)]}
-    timing = training_time(curves, 100)
-    assert timing["steps"] == 3 and timing["minutes"] == 7 / 60 and timing["pairs_per_s"] == 300 / 7
-    assert training_time({}, 100) is None and training_time(curves, None) is None
-    training = {"config": {"batch_size": 100}}
-    card = model_card(inputs(curves=curves, training=training))
-    assert "3 steps in 0.1 minutes of training steps (42.9 pairs/s;" in card
+def test_training_time_is_the_logged_steps_mean_time_times_the_steps():
+    # logged steps of 100 pairs at 50, 25 (logged twice: resumed, the last value counts) and 100 pairs/s:
+    # 2, 4 and 1 s, a mean of 7/3 s per step; 30 steps take 70 s
+    curves = {"pairs_per_s": [(5, 50.0), (10, 10.0), (10, 25.0), (15, 100.0)]}
+    timing = training_time(curves, 100, 30)
+    assert timing == {"steps": 30, "logged": 3, "minutes": 70 / 60, "pairs_per_s": 300 / 7}
+    assert training_time({}, 100, 30) is None and training_time(curves, None, 30) is None
+    card = model_card(inputs(curves=curves, training={"config": {"batch_size": 100, "steps": 30}}))
+    assert (
+        "30 steps in 1.2 minutes of training steps (42.9 pairs/s: the mean measured time of the 3 logged"
+        in card
+    )
 
 
 def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):

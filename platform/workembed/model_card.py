@@ -88,17 +88,21 @@ def target_checks(inputs: CardInputs) -> list[dict[str, Any]]:
     return checks
 
 
-def training_time(curves: Mapping[str, Sequence[tuple[int, float]]], batch_size: int | None) -> dict | None:
-    """Steps, minutes and mean throughput of the training steps, from each step's logged pairs/s (a step
-    logged twice, as after a resume, counts once: its last value)."""
+def training_time(
+    curves: Mapping[str, Sequence[tuple[int, float]]], batch_size: int | None, steps: int | None
+) -> dict | None:
+    """Minutes and mean throughput of ``steps`` training steps, from the logged steps' measured pairs/s (each
+    the batch over that step's time; a step logged twice, as after a resume, counts once with its last
+    value): the logged steps' mean time times ``steps``."""
     by_step = dict(curves.get("pairs_per_s", ()))
-    if not batch_size or not by_step:
+    if not batch_size or not steps or not by_step:
         return None
-    seconds = sum(batch_size / rate for rate in by_step.values())
+    step_s = sum(batch_size / rate for rate in by_step.values()) / len(by_step)
     return {
-        "steps": len(by_step),
-        "minutes": seconds / 60,
-        "pairs_per_s": batch_size * len(by_step) / seconds,
+        "steps": steps,
+        "logged": len(by_step),
+        "minutes": step_s * steps / 60,
+        "pairs_per_s": batch_size / step_s,
     }
 
 
@@ -154,12 +158,13 @@ def model_card(inputs: CardInputs, curves_file: str | None = None) -> str:
     lines += _filter_section(inputs.skill_filter)
     lines += _registry_section(inputs.registry)
     lines += ["", "## Training", ""]
-    timing = training_time(inputs.curves, inputs.training.get("config", {}).get("batch_size"))
+    recipe = inputs.training.get("config", {})
+    timing = training_time(inputs.curves, recipe.get("batch_size"), recipe.get("steps"))
     if timing:
         lines += [
             f"{timing['steps']} steps in {timing['minutes']:.1f} minutes of training steps "
-            f"({timing['pairs_per_s']:.1f} pairs/s; the sum of the measured step times, without loading the "
-            "graph and starting the workers).",
+            f"({timing['pairs_per_s']:.1f} pairs/s: the mean measured time of the {timing['logged']} logged "
+            "steps; loading the graph and starting the workers not included).",
             "",
         ]
     if curves_file:
