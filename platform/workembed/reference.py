@@ -24,16 +24,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from workembed.config import Config, load_config
+from workembed.model_card import ESCO_TASKS
 
 Log = Callable[[str], None]
-ESCO_TASKS = ("job-skill", "skill-job", "skill-normalization", "job-normalization")
 DEV_SETS = ("skill-extraction-house", "skill-extraction-tech", "skillskape-dev", "jobbert-titles")
 EXTRACTION_SETS = ("skill-extraction-house", "skill-extraction-tech")
 CURVE_METRICS = ("loss", "lr", "pairs_per_s")
@@ -99,6 +99,7 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
     registry = register(config, model, tasks, out, say)
     from workembed.model_card import CardInputs, write_model_card
 
+    run = _mlflow_run(train_config, model)
     card = write_model_card(
         CardInputs(
             name=config.name,
@@ -109,8 +110,8 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
             extraction=reports["model-extraction"],
             zero_shot_extraction=reports["zero-shot-extraction"],
             skill_filter=json.loads((model / "skill_filter_report.json").read_text(encoding="utf-8")),
-            training=training_record(train_config, model),
-            curves=training_curves(train_config, model),
+            training=training_record(train_config, model, run),
+            curves=training_curves(train_config, run),
             heads=comparison,
             compare_steps=config.compare_steps,
             registry=registry,
@@ -197,9 +198,8 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
     from workembed.eval.extraction_eval import ExtractionEvalConfig, run_extraction_eval
     from workembed.eval.runner import EvalConfig, run_eval
 
-    datasets = [str(tasks / "esco" / name) for name in ESCO_TASKS]
-    datasets += [str(tasks / "benchmarks" / name) for name in DEV_SETS]
-    extraction = [str(tasks / "benchmarks" / name) for name in EXTRACTION_SETS]
+    datasets = folders(tasks, "esco", ESCO_TASKS) + folders(tasks, "benchmarks", DEV_SETS)
+    extraction = folders(tasks, "benchmarks", EXTRACTION_SETS)
     runs = {
         "model": lambda path: run_eval(
             EvalConfig(model=str(model), datasets=datasets, baselines=True, out=str(path)), say
@@ -216,6 +216,11 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
         ),
     }
     return {name: cached_report(out / f"{name}.json", run, say) for name, run in runs.items()}
+
+
+def folders(tasks: Path, group: str, names: Sequence[str]) -> list[str]:
+    """The dataset folders ``<tasks>/<group>/<name>``."""
+    return [str(tasks / group / name) for name in names]
 
 
 def cached_report(path: Path, run: Callable[[Path], Any], say: Log) -> dict[str, Any]:
@@ -236,8 +241,7 @@ def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, 
     from workembed.models.heads import HeadConfig
     from workembed.train.config import TOKEN_HEADS
 
-    datasets = [str(tasks / "esco" / name) for name in ESCO_TASKS]
-    datasets += [str(tasks / "benchmarks" / name) for name in COMPARE_SETS]
+    datasets = folders(tasks, "esco", ESCO_TASKS) + folders(tasks, "benchmarks", COMPARE_SETS)
 
     def trained_and_evaluated(head: HeadConfig) -> Callable[[Path], Any]:
         def run(path: Path) -> Any:
@@ -279,11 +283,9 @@ def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
     registry = RegistryConfig(
         tracking_uri=tracking_uri(config),
         name=config.registered_model,
-        calibration=CalibrationConfig(
-            datasets=[str((tasks / "benchmarks" / name).resolve()) for name in EXTRACTION_SETS]
-        ),
+        calibration=CalibrationConfig(datasets=folders(tasks.resolve(), "benchmarks", EXTRACTION_SETS)),
         gate=GateConfig(
-            datasets=[str((tasks / name).resolve()) for name in config.gate_sets],
+            datasets=[str(tasks.resolve() / name) for name in config.gate_sets],
             metrics=config.gate_metrics,
             tolerance=config.gate_tolerance,
         ),
@@ -312,10 +314,9 @@ def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
     return record
 
 
-def training_record(train_config, model: Path) -> dict[str, Any]:
-    """The resolved recipe and, from MLflow, the data fingerprint and graph summary of the training run."""
+def training_record(train_config, model: Path, run) -> dict[str, Any]:
+    """The resolved recipe and, from its MLflow ``run`` (if any), the data fingerprint and graph summary."""
     record: dict[str, Any] = {"config": train_config.model_dump(mode="json", exclude={"tracking"})}
-    run = _mlflow_run(train_config, model)
     if run is not None:
         record["data.fingerprint"] = run.data.tags.get("data.fingerprint")
         graph = run.data.tags.get("data.graph")
@@ -325,9 +326,8 @@ def training_record(train_config, model: Path) -> dict[str, Any]:
     return record
 
 
-def training_curves(train_config, model: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-step loss (total and per task), learning rate and throughput of the run that trained ``model``."""
-    run = _mlflow_run(train_config, model)
+def training_curves(train_config, run) -> dict[str, list[tuple[int, float]]]:
+    """Per-step loss (total and per task), learning rate and throughput of the MLflow ``run`` (if any)."""
     if run is None:
         return {}
     from mlflow import MlflowClient

@@ -58,6 +58,11 @@ def benchmark_texts(benchmarks: str | Path, titles: bool = True) -> dict[str, fr
     return {name: frozenset(key for key in keys if key) for name, keys in found.items()}
 
 
+def every_key(benchmark: Mapping[str, frozenset[str]]) -> frozenset[str]:
+    """The keys of all files of ``benchmark`` together."""
+    return frozenset().union(*benchmark.values())
+
+
 def leaked(texts: Iterable[str], benchmark: Mapping[str, frozenset[str]]) -> dict[str, list[str]]:
     """The ``texts`` found in benchmark files, by file (empty when none is)."""
     hits: dict[str, list[str]] = {}

@@ -64,7 +64,7 @@ class SkillFilterConfig(Config):
 def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[str, Any]:
     """Fit, evaluate and save the filter as ``config`` says; returns the report."""
     from workembed.data.skillspan import read_skillspan
-    from workembed.eval.leakage import benchmark_texts, leaked, text_key
+    from workembed.eval.leakage import benchmark_texts, every_key, leaked, text_key
     from workembed.models import Encoder
     from workembed.models.skill_filter import fit_skill_filter, precision_recall
 
@@ -73,7 +73,7 @@ def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[
     train, dev = read_skillspan(folder / "train.json"), read_skillspan(folder / "dev.json")
     benchmark = benchmark_texts(resolve_data_path(config.benchmarks))
     hits = leaked([s.text for s in train], benchmark)
-    excluded = frozenset().union(*benchmark.values())
+    excluded = every_key(benchmark)
     kept = [s for s in train if text_key(s.text) not in excluded]
     say(f"SkillSpan train: {len(train)} sentences, {len(train) - len(kept)} dropped as benchmark sentences")
     encoder = Encoder(

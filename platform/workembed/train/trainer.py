@@ -132,9 +132,9 @@ def benchmark_keys(config: TrainConfig) -> frozenset[str]:
     ``data.benchmarks``)."""
     if config.data.benchmarks is None:
         return frozenset()
-    from workembed.eval.leakage import benchmark_texts
+    from workembed.eval.leakage import benchmark_texts, every_key
 
-    return frozenset().union(*benchmark_texts(resolve_data_path(config.data.benchmarks)).values())
+    return every_key(benchmark_texts(resolve_data_path(config.data.benchmarks)))
 
 
 def edges_dataset(config: TrainConfig, log: Log = _stderr):
