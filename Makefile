@@ -1,6 +1,7 @@
 # workembed — set-up, demo, tests, benchmarks and local services.
-# `make demo` and `make test` set the environment up on first use (a .venv made with python3.11 and pip:
-# the CPU build of torch 2.13.0 is taken from this machine's wheel store; other installers fetch CUDA builds).
+# `make demo` and `make test` (also `make test-unit`, `make test-integration`) set the environment up on first
+# use (a .venv made with python3.11 and pip: the CPU build of torch 2.13.0 is taken from this machine's wheel
+# store; other installers fetch CUDA builds).
 
 SHELL := /bin/bash
 PYTHON ?= python3.11
@@ -27,8 +28,8 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 REFERENCE_ARGS ?=
 
-.PHONY: setup demo test bench reference lint format docs services-up services-down services-status k8s-sync \
-	k8s-validate clean
+.PHONY: setup demo test test-unit test-integration bench reference lint format docs services-up services-down \
+	services-status k8s-sync k8s-validate clean
 
 setup: $(STAMP)
 
@@ -47,8 +48,16 @@ $(STAMP): pyproject.toml $(LOCK)
 demo: setup
 	$(BIN)/python -m workembed.demo
 
+# Both test tiers (tests/conftest.py marks each test unit or integration); test-unit: no Ray, no services,
+# no model beyond a tiny random one, in under two minutes; test-integration: the rest.
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 bench: setup
 	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)

@@ -2,7 +2,7 @@
 
 import sys
 
-from workembed.stages import stage_main
+from workembed.cli import stage_main
 
 if __name__ == "__main__":
     sys.exit(stage_main("train"))

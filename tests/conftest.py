@@ -1,11 +1,24 @@
-"""Shared fixtures: one local Ray instance per test run, a real S3-compatible server, the data root."""
+"""What every test shares (environment, ports, the tracking guard) and the two test tiers.
+
+Tiers (``make test-unit``, ``make test-integration``; ``make test`` runs both):
+
+- ``unit``: no Ray, no services, no model beyond a tiny random one; fixtures in ``tests/fixtures/unit.py``.
+- ``integration``: local Ray, real servers (S3, MLflow), Serve, the packaged MiniLM, vLLM, the shared
+  data; fixtures in ``tests/fixtures/integration.py``.
+
+Every test is classified at collection: ``integration`` when it uses (directly or through other fixtures)
+a fixture named in ``INTEGRATION_FIXTURES`` or is marked ``integration`` (``pytestmark`` or a decorator:
+for tests that start Ray, a server or MiniLM themselves), ``unit`` otherwise. A test marked ``unit`` that
+needs an integration fixture, or one that ends with both markers, fails the collection; a unit test that
+leaves Ray running fails.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
-from pathlib import Path
+import sys
 
 import pytest
 
@@ -14,6 +27,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest_plugins = ["tests.fixtures.unit", "tests.fixtures.integration"]
+
+TIERS = ("unit", "integration")
+TINY_PARAMETERS = 2_000_000
+"""The most parameters a model loaded by a unit test may have (tiny_bert: 1.0M)."""
+UNIT_SECONDS = 10.0
+"""A unit test (setup and call) slower than this is listed at the end of the run: it belongs in
+integration, or `make test-unit` stops fitting in two minutes."""
 
 
 def free_port(low: int = 20000, high: int = 60000) -> int:
@@ -47,91 +69,108 @@ def _no_ambient_tracking(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The shared data root (``../shared/data`` or ``$WORKEMBED_DATA_DIR``)."""
-    from workembed.config import data_root
-
-    root = data_root()
-    if root is None:
-        pytest.skip("no data root: ../shared/data is absent and WORKEMBED_DATA_DIR is unset")
-    return root
+# ------------------------------------------------------------------------------------------------ tiers
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray instance for the whole run (more logical CPUs than cores, dashboard off)."""
-    import ray
-
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    assert ray.util.get_node_ip_address() == "127.0.0.1"
-    yield ray
-    ray.shutdown()
+def tier_marks(item: pytest.Item) -> set[str]:
+    return {mark.name for mark in item.iter_markers() if mark.name in TIERS}
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory):
-    """A real S3-compatible server (moto) on 127.0.0.1, with the standard AWS variables pointing at it."""
-    from workembed import services
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.fixtures.integration import INTEGRATION_FIXTURES
 
-    config = services.ServicesConfig.model_validate(
-        {
-            "state_dir": str(tmp_path_factory.mktemp("s3-server")),
-            "ray": {"enabled": False},
-            "mlflow": {"enabled": False},
-            "s3": {"port": free_port(), "buckets": ["workembed-test"]},
-        }
-    )
-    services.up(config, log=lambda _: None)
-    env = services.s3_env(config)
-    with environ(env):
-        yield {"endpoint": env["AWS_ENDPOINT_URL"], "bucket": "workembed-test", **env}
-    services.down(config, log=lambda _: None)
-
-
-@pytest.fixture(scope="session")
-def minilm():
-    """The packaged all-MiniLM-L6-v2, loaded once."""
-    from workembed.models import Encoder
-
-    return Encoder("minilm")
+    wrong = []
+    for item in items:
+        marked = tier_marks(item)
+        uses = sorted(INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+        if "unit" in marked and uses:
+            wrong.append(f"{item.nodeid}: marked unit but uses {', '.join(uses)}")
+            continue
+        if not marked:
+            item.add_marker("integration" if uses else "unit")
+        if len(tier_marks(item)) != 1:
+            wrong.append(f"{item.nodeid}: marked {' and '.join(sorted(tier_marks(item)))}")
+    if wrong:
+        raise pytest.UsageError("each test is exactly one of unit, integration:\n  " + "\n  ".join(wrong))
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """A real MLflow tracking server on 127.0.0.1 (SQLite store, artifacts served from a local folder);
-    yields its URL. The process-wide MLflow tracking URI is left untouched: clients pass the URL."""
-    from workembed import services
-
-    config = services.ServicesConfig.model_validate(
-        {
-            "state_dir": str(tmp_path_factory.mktemp("mlflow-server")),
-            "ray": {"enabled": False},
-            "s3": {"enabled": False},
-            "mlflow": {"port": free_port(), "artifacts": "local"},
-        }
-    )
-    urls = services.up(config, log=lambda _: None)
-    yield urls["mlflow"]
-    services.down(config, log=lambda _: None)
+_RAY_BEFORE = pytest.StashKey[bool]()
+"""Whether Ray was running before a test's setup."""
+_BIG_MODELS = pytest.StashKey[list]()
+"""The models over ``TINY_PARAMETERS`` a unit test loaded."""
+_running: list[pytest.Item] = []
+"""The test being set up, run or torn down."""
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    """A folder with a tiny randomly initialised BERT (hidden size 32, 2 layers) and MiniLM's tokenizer."""
-    import torch
-    from transformers import BertConfig, BertModel
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
-    from workembed.models import resolve_model_path
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
-    )
-    BertModel(config).save_pretrained(folder)
-    source = resolve_model_path("minilm")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (source / name).exists():
-            (folder / name).write_bytes((source / name).read_bytes())
-    return folder
+def _watch_model_loads() -> None:
+    """Once transformers is imported, wrap ``PreTrainedModel.from_pretrained`` so that a unit test that loads
+    a model over ``TINY_PARAMETERS`` (the packaged MiniLM has 22.7M) is noted, and failed after its call."""
+    modeling = sys.modules.get("transformers.modeling_utils")
+    if modeling is None or getattr(modeling.PreTrainedModel.from_pretrained, "_workembed_tiers", False):
+        return
+    original = modeling.PreTrainedModel.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        model = original(cls, *args, **kwargs)
+        if _running and _running[0].get_closest_marker("unit"):
+            loaded = model[0] if isinstance(model, tuple) else model
+            size = sum(parameter.numel() for parameter in loaded.parameters())
+            if size > TINY_PARAMETERS:
+                source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+                noted = _running[0].stash.setdefault(_BIG_MODELS, [])
+                noted.append(f"{source} ({size / 1e6:.1f}M parameters)")
+        return model
+
+    from_pretrained._workembed_tiers = True
+    modeling.PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running[:] = [item]
+    item.stash[_RAY_BEFORE] = _ray_running()
+    _watch_model_loads()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    result = yield
+    if item.get_closest_marker("unit"):
+        if _ray_running() and not item.stash.get(_RAY_BEFORE, True):
+            pytest.fail("a unit test started Ray: mark it integration (or use ray_session)", pytrace=False)
+        if item.stash.get(_BIG_MODELS, []):
+            loaded = ", ".join(item.stash[_BIG_MODELS])
+            pytest.fail(f"a unit test loaded {loaded}: mark it integration (or use tiny_bert)", pytrace=False)
+    return result
+
+
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    _watch_model_loads()  # transformers may have been imported by the test itself
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_logfinish() -> None:
+    _running.clear()
+
+
+_unit_seconds: dict[str, float] = {}
+"""Setup and call time of each unit test of this run."""
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when in ("setup", "call") and "unit" in report.keywords:
+        _unit_seconds[report.nodeid] = _unit_seconds.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    slow = {node: seconds for node, seconds in _unit_seconds.items() if seconds > UNIT_SECONDS}
+    if slow:
+        terminalreporter.section(f"unit tests slower than {UNIT_SECONDS:.0f} s (integration material?)")
+        for node, seconds in sorted(slow.items(), key=lambda pair: -pair[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {node}")

@@ -41,6 +41,7 @@ def test_esco_stats_config_file_and_errors(capsys, tmp_path):
     assert code == 2 and "ESCO location not found" in err
 
 
+@pytest.mark.integration
 def test_embed_pooled_and_tokens(capsys):
     code, out, _ = run(capsys, "embed", "--model", "minilm", "--tokens", "data engineer", "nurse")
     assert code == 0
@@ -69,6 +70,7 @@ def test_unknown_command_exits_with_usage():
     assert info.value.code == 2
 
 
+@pytest.mark.integration
 def test_eval_build_tasks_then_eval_on_the_builtin_sample(capsys, tmp_path):
     out = tmp_path / "tasks"
     code, stdout, _ = run(capsys, "eval", "build-tasks", "--esco", "builtin", "--out", str(out))

@@ -30,7 +30,7 @@ def test_sample_ads_name_related_skills_and_carry_two_bad_rows(tmp_path):
 
 
 def test_extraction_sample_labels_each_sentence_with_the_skill_it_names(tmp_path):
-    from workembed.eval.dataset import read_dataset
+    from workembed.retrieval.ranking_dataset import read_dataset
     from workembed.sample_ads import write_extraction_sample
 
     taxonomy = load_esco("builtin")

@@ -38,6 +38,7 @@ def _tree(pid):
     return [root, *root.children(recursive=True)]
 
 
+@pytest.mark.integration
 def test_services_up_answer_and_down_leaves_nothing(config, capsys):
     urls = services.up(config, log=lambda _: None)
     try:

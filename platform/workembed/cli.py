@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from workembed.config import Config, ConfigError, load_config
+from workembed.config import Config, ConfigError, add_config_args, config_from_args
 
 
 class EmbedConfig(Config):
@@ -28,26 +28,6 @@ class EmbedConfig(Config):
     max_length: int = Field(256, ge=8, description="Tokens per text; longer texts are truncated.")
     batch_size: int = Field(64, ge=1, description="Texts per forward pass.")
     normalize: bool = Field(True, description="L2-normalise pooled embeddings.")
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    """The config options every configurable command shares."""
-    parser.add_argument("-c", "--config", type=Path, help="YAML config file")
-    parser.add_argument("--profile", help="named profile inside the config file (e.g. local, gpu)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (dotted key; repeatable)",
-    )
-
-
-def config_from_args(cls: type[Config], args: argparse.Namespace, shortcuts: dict[str, object] | None = None):
-    """Load ``cls`` from the shared options; non-None shortcut flags become ``--set`` overrides first."""
-    flags = [f"{key}={json.dumps(value)}" for key, value in (shortcuts or {}).items() if value is not None]
-    return load_config(cls, args.config, [*flags, *args.overrides], args.profile)
 
 
 # ------------------------------------------------------------------------------------------- commands
@@ -116,7 +96,7 @@ def cmd_eval_convert(args: argparse.Namespace) -> object:
 
 
 def cmd_eval_extraction(args: argparse.Namespace) -> object:
-    from workembed.eval.extraction_eval import ExtractionEvalConfig, run_extraction_eval
+    from workembed.eval.extraction_benchmark import ExtractionEvalConfig, run_extraction_eval
 
     shortcuts = {
         "model": args.model,
@@ -170,7 +150,7 @@ def registry_config(args: argparse.Namespace):
 
 
 def cmd_models_register(args: argparse.Namespace) -> object:
-    from workembed.registry import register_model
+    from workembed.registry_commands import register_model
 
     return register_model(
         registry_config(args),
@@ -182,7 +162,8 @@ def cmd_models_register(args: argparse.Namespace) -> object:
 
 
 def cmd_models_promote(args: argparse.Namespace) -> object:
-    from workembed.registry import PromotionRefused, promote
+    from workembed.registry import PromotionRefused
+    from workembed.registry_commands import promote
 
     config = registry_config(args)
     try:
@@ -402,14 +383,14 @@ def with_default_subcommand(argv: Sequence[str]) -> list[str]:
 
 
 def cmd_pipeline_run(args: argparse.Namespace) -> object:
-    from workembed.pipeline import PipelineConfig, run_pipeline
+    from workembed.job_runner import PipelineConfig, run_pipeline
 
     config = config_from_args(PipelineConfig, args, {"address": args.address, "run_id": args.run_id})
     return run_pipeline(config, resume=args.resume, start=args.start)
 
 
 def cmd_pipeline_status(args: argparse.Namespace) -> object:
-    from workembed.pipeline import PipelineConfig, read_state
+    from workembed.job_runner import PipelineConfig, read_state
 
     return read_state(config_from_args(PipelineConfig, args), args.run_id)
 
@@ -447,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()
     return 0
+
+
+def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
+    """``python -m jobs.<name> -c CONFIG [--profile P] [--set k=v ...]``: ``workembed run <name> ...``."""
+    return main(["run", name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

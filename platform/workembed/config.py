@@ -13,7 +13,9 @@ project.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -76,6 +78,27 @@ def load_config(
         return cls.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_describe(err, source, set_keys)) from None
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The config options every configurable command shares: ``-c FILE``, ``--profile NAME`` and
+    ``--set KEY=VALUE``."""
+    parser.add_argument("-c", "--config", type=Path, help="YAML config file")
+    parser.add_argument("--profile", help="named profile inside the config file (e.g. local, gpu)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (dotted key; repeatable)",
+    )
+
+
+def config_from_args(cls: type[C], args: argparse.Namespace, shortcuts: dict[str, object] | None = None) -> C:
+    """Load ``cls`` from the shared options; non-None shortcut flags become ``--set`` overrides first."""
+    flags = [f"{key}={json.dumps(value)}" for key, value in (shortcuts or {}).items() if value is not None]
+    return load_config(cls, args.config, [*flags, *args.overrides], args.profile)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

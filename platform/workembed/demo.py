@@ -150,7 +150,7 @@ def show_answers(base: str) -> None:
 def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = REFERENCE) -> int:
     from workembed import services
     from workembed.config import load_config
-    from workembed.pipeline import PipelineConfig, PipelineError, run_pipeline
+    from workembed.job_runner import PipelineConfig, PipelineError, run_pipeline
 
     started_at = time.monotonic()
     config = services.ServicesConfig()

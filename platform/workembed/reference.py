@@ -138,7 +138,7 @@ def build_tasks(config: ReferenceConfig, tasks: Path, say: Log) -> None:
 def ingest(config: ReferenceConfig, say: Log) -> Path:
     """The ingest run's ``edges`` folder (ingesting first unless its summary is there)."""
     from workembed.data.config import IngestConfig
-    from workembed.data.pipeline import run_stage
+    from workembed.data.ingest import run_stage
 
     ingest_config = load_config(IngestConfig, config.ingest, [f"run_id={config.name}", *config.ingest_set])
     run = Path(ingest_config.output) / config.name
@@ -195,7 +195,7 @@ def fit_filter(config: ReferenceConfig, model: Path, say: Log) -> None:
 
 def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
     """The four reports (model, zero-shot; ranking and extraction), computed unless already written."""
-    from workembed.eval.extraction_eval import ExtractionEvalConfig, run_extraction_eval
+    from workembed.eval.extraction_benchmark import ExtractionEvalConfig, run_extraction_eval
     from workembed.eval.runner import EvalConfig, run_eval
 
     datasets = folders(tasks, "esco", ESCO_TASKS) + folders(tasks, "benchmarks", DEV_SETS)
@@ -274,8 +274,8 @@ def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
     """Register ``model`` and promote it through the gate, unless ``<out>/registry.json`` records that this
     was done; returns that record (registered model, version, tracking URI, threshold, gate decision)."""
     from workembed.registry.config import CalibrationConfig, GateConfig, RegistryConfig
-    from workembed.registry.promotion import PromotionRefused, promote
-    from workembed.registry.register import register_model
+    from workembed.registry.promotion import PromotionRefused
+    from workembed.registry_commands import promote, register_model
 
     path = out / REGISTRY_FILE
     if path.is_file():
@@ -346,7 +346,7 @@ def _mlflow_run(train_config, model: Path):
         return None
     from mlflow import MlflowClient
 
-    from workembed.models.work_encoder import read_model_info
+    from workembed.models.folder import read_model_info
     from workembed.registry.lineage import training_run
 
     client = MlflowClient(tracking_uri=uri)

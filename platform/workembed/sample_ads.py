@@ -105,7 +105,7 @@ def write_extraction_sample(
 ) -> Path:
     """A skill-extraction ranking dataset: ``n_sentences`` requirement sentences (queries), the taxonomy's
     skills (corpus: URI → preferred label) and, as gold, the skill each sentence names (qrels)."""
-    from workembed.eval.dataset import write_dataset
+    from workembed.retrieval.ranking_dataset import write_dataset
 
     rng = random.Random(seed)
     skills = sorted(taxonomy.skills)

@@ -1,4 +1,5 @@
-"""Pipeline stages by name: ``workembed run <stage>`` and ``python -m jobs.<stage>`` share this entry."""
+"""Pipeline stages by name: ``workembed run <stage>`` and ``python -m jobs.<stage>`` (through
+:func:`workembed.cli.stage_main`) share this table."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import argparse
 import importlib
 import inspect
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
+
+from workembed.config import config_from_args
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "ingest",
             "workembed.data.config:IngestConfig",
-            "workembed.data.pipeline:run_stage",
+            "workembed.data.ingest:run_stage",
             "job ads → job_ads, sentences, edges, rejects, skill edge counts (Ray Data)",
         ),
         Stage(
@@ -47,20 +49,20 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "register",
-            "workembed.registry.stages:RegisterStageConfig",
-            "workembed.registry.stages:run_register",
+            "workembed.registry.jobs:RegisterStageConfig",
+            "workembed.registry_commands:run_register",
             "a model folder or training run → a registered MLflow version (calibrated threshold, lineage)",
         ),
         Stage(
             "promote",
-            "workembed.registry.stages:PromoteStageConfig",
-            "workembed.registry.stages:run_promote",
+            "workembed.registry.jobs:PromoteStageConfig",
+            "workembed.registry_commands:run_promote",
             "move an alias to a version if the gate passes against the current holder",
         ),
         Stage(
             "extract",
-            "workembed.batch_extract:BatchExtractConfig",
-            "workembed.batch_extract:run_batch_extract",
+            "workembed.batch_extraction:BatchExtractConfig",
+            "workembed.batch_extraction:run_batch_extract",
             "job ads → ESCO skills per sentence (spans, scores) and title occupations (registered model)",
         ),
         Stage(
@@ -81,8 +83,6 @@ STAGES: dict[str, Stage] = {
 
 def run(name: str, args: argparse.Namespace) -> object:
     """Load the stage's config from the parsed arguments and run it; returns its summary."""
-    from workembed.cli import config_from_args
-
     stage = STAGES[name]
     config = config_from_args(stage.load(stage.config), args)
     run_stage = stage.load(stage.run)
@@ -93,10 +93,3 @@ def run(name: str, args: argparse.Namespace) -> object:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.<name> -c CONFIG [--profile P] [--set k=v ...]``."""
-    from workembed.cli import main
-
-    return main(["run", name, *(sys.argv[1:] if argv is None else argv)])

@@ -72,7 +72,7 @@ import pyarrow.parquet as pq
 from tests.benchmarks.common import cmdline, int_list, positive
 from workembed.config import resolve_data_path
 from workembed.data.config import ColumnMap, GroundConfig, IngestConfig, SourceConfig
-from workembed.data.pipeline import (
+from workembed.data.ingest import (
     AdPreparer,
     Deduplicator,
     _counts,
@@ -602,7 +602,7 @@ def actor_torch_threads(ray) -> int:
 
 def ray_ground(table: pa.Table, config: IngestConfig, taxonomy, ray_cpus: int) -> dict[str, object]:
     """Grounding through ``ground_stream`` (one actor); label embeddings are prepared before the clock."""
-    from workembed.data.pipeline import ground_stream
+    from workembed.data.ingest import ground_stream
 
     sentences = sum(len(group) for group in _sentence_groups(table))
     blocks = [table.slice(start, GROUND_BATCH_ADS) for start in range(0, table.num_rows, GROUND_BATCH_ADS)]

@@ -5,11 +5,11 @@ Workload: the distinct sentences of the skill-extraction validation sets
 ``--sentences`` keeps the first N), one request per sentence at concurrency 1, cycling through them
 ``--rounds`` times after ``--warmup`` untimed requests. In process (``--parts in-process``), a request is
 the work of ``/v1/extract`` before its threshold: the sentence's token vectors (special tokens dropped,
-L2-normalised: :func:`~workembed.eval.scoring.query_token_vectors`), their cosines with every skill vector,
-the token-attention score ``Σ_i softmax_i(c_i / τ) · c_i`` (τ = ``TEMPERATURE``,
-:func:`~workembed.eval.extraction.token_attention_scores`) and the top ``TOP_K`` skills. The skill vectors
-(ESCO ``--esco`` preferred labels, as the ``esco-skills`` serving space) are computed once per variant by
-that variant's encoder and cached on disk under ``--cache-dir``; they are not timed.
+L2-normalised: :func:`~workembed.retrieval.embedding.query_token_vectors`), their cosines with every skill
+vector, the token-attention score ``Σ_i softmax_i(c_i / τ) · c_i`` (τ = ``TEMPERATURE``,
+:func:`~workembed.retrieval.skill_extraction.token_attention_scores`) and the top ``TOP_K`` skills. The skill
+vectors (ESCO ``--esco`` preferred labels, as the ``esco-skills`` serving space) are computed once per variant
+by that variant's encoder and cached on disk under ``--cache-dir``; they are not timed.
 
 Variants (``--variants``): ``eager`` (:class:`~workembed.models.Encoder`, torch, ``inference_mode``),
 ``onnx-fp32`` and ``onnx-int8`` (:class:`~workembed.models.onnx_encoder.OnnxEncoder`), each at every thread
@@ -275,7 +275,8 @@ def make_encoder(variant: str, threads: int, max_length: int, cache_dir: Path):
 
 def skill_vectors(encoder, variant: str, work: Workload, cache_dir: Path) -> np.ndarray:
     """L2-normalised skill vectors of ``encoder``, cached per variant (computed once, not timed)."""
-    from workembed.eval.scoring import l2_normalize, target_embeddings
+    from workembed.retrieval.embedding import target_embeddings
+    from workembed.retrieval.scoring import l2_normalize
 
     corpus = dict(zip(work.skill_ids, work.skill_texts, strict=True))
     return l2_normalize(target_embeddings(encoder, corpus, cache_dir / "skills" / variant, log))
@@ -284,8 +285,9 @@ def skill_vectors(encoder, variant: str, work: Workload, cache_dir: Path) -> np.
 def extract_top_k(encoder, skills: np.ndarray, sentence: str) -> tuple[np.ndarray, float, float]:
     """The top ``TOP_K`` skill indices of one sentence by token-attention score, best first, and the seconds
     spent encoding and scoring."""
-    from workembed.eval.extraction import token_attention_scores
-    from workembed.eval.scoring import query_token_vectors, top_k_rows
+    from workembed.retrieval.embedding import query_token_vectors
+    from workembed.retrieval.scoring import top_k_rows
+    from workembed.retrieval.skill_extraction import token_attention_scores
 
     started = time.perf_counter()
     (tokens,) = query_token_vectors(encoder, [sentence])

@@ -377,7 +377,7 @@ def st_run(graph, *, batch_size: int, steps: int, chunk: int, max_length: int) -
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    from workembed.models.encoder import resolve_model_path
+    from workembed.models.folder import resolve_model_path
     from workembed.train.loop import batch_digest
 
     reset_peak_rss()

@@ -5,20 +5,22 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from workembed.eval import read_dataset
 from workembed.eval.converters import (
-    BenchmarkFormatError,
     convert_all,
     convert_jobbert,
     convert_melo,
     convert_skill_extraction,
     convert_skillskape,
+)
+from workembed.retrieval.benchmarks import (
+    BenchmarkFormatError,
     jobbert_dataset,
     melo_dataset,
     read_label_space,
     skill_extraction_dataset,
     skillskape_dataset,
 )
+from workembed.retrieval.ranking_dataset import read_dataset
 from workembed.taxonomy import Occupation, Skill, Taxonomy, load_esco
 
 SKILL = "http://data.europa.eu/esco/skill/"

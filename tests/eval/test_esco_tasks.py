@@ -9,9 +9,7 @@ import zipfile
 import pandas as pd
 import pytest
 
-from workembed.eval import read_dataset
 from workembed.eval.esco_tasks import (
-    SPLIT_FILE,
     TASKS,
     BuildTasksConfig,
     build_esco_tasks,
@@ -20,11 +18,12 @@ from workembed.eval.esco_tasks import (
     held_out_score,
     job_normalization_task,
     job_skill_task,
-    read_split,
     run_build_tasks,
     skill_job_task,
     skill_normalization_task,
 )
+from workembed.retrieval.esco_concepts import SPLIT_FILE, read_split
+from workembed.retrieval.ranking_dataset import read_dataset
 from workembed.taxonomy import Occupation, OccupationSkillRelation, Skill, Taxonomy, load_esco
 
 SKILL = "http://data.europa.eu/esco/skill/"

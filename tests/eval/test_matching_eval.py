@@ -11,12 +11,12 @@ from workembed.data.matching import MatchingConfig
 from workembed.eval.matching_eval import (
     MatchingEvalConfig,
     evaluate_matching,
-    matching_folder,
     run_matching_eval,
     write_matching_report,
 )
-from workembed.eval.matching_metrics import Interaction, Item, matching_dataset, matching_metrics
+from workembed.eval.matching_metrics import matching_metrics
 from workembed.eval.report import rounded
+from workembed.retrieval.matching_dataset import Interaction, Item, matching_dataset, matching_folder
 
 # Every profile text has four words, so BM25's length normalisation is the same for all of them: a profile
 # holding a superset of another's query words scores higher, equal matches tie (corpus order first).

@@ -11,19 +11,16 @@ import pytest
 
 from workembed.data.matching import MatchingConfig, build_matching_edges, mention_counts
 from workembed.eval.matching_metrics import (
-    Interaction,
-    Item,
     category_compatible,
     category_overlap,
-    matching_dataset,
     matching_metrics,
     random_rankings,
     retrieved_count,
-    skill_key,
     skill_overlap,
     valid_recall_all,
     valid_recall_single,
 )
+from workembed.retrieval.matching_dataset import Interaction, Item, matching_dataset, skill_key
 
 PROFILES = [
     Item("r1", "Data Science", frozenset({"python", "sql"})),

@@ -9,19 +9,12 @@ import pytest
 
 from workembed.cli import main, with_default_subcommand
 from workembed.eval.baselines import bm25_ranking, tfidf_ranking, word_tokens
-from workembed.eval.dataset import write_dataset
 from workembed.eval.metrics import METRICS
 from workembed.eval.runner import EvalConfig, evaluate, run_eval
-from workembed.eval.scoring import (
-    blocked_top_k,
-    dense_top_k,
-    encoder_ranking,
-    late_interaction_scores,
-    query_token_vectors,
-    target_cache_path,
-    target_embeddings,
-    top_k_rows,
-)
+from workembed.retrieval.embedding import query_token_vectors, target_cache_path, target_embeddings
+from workembed.retrieval.ranking import encoder_ranking
+from workembed.retrieval.ranking_dataset import write_dataset
+from workembed.retrieval.scoring import blocked_top_k, dense_top_k, late_interaction_scores, top_k_rows
 from workembed.tracking import flatten_metrics
 
 QUERIES = {"q1": "Python programming", "q2": "baking bread", "q3": "drive a lorry", "q4": "unjudged query"}
@@ -202,6 +195,7 @@ def test_eval_is_the_default_sub_command():
     assert with_default_subcommand(["embed", "--model", "m"]) == ["embed", "--model", "m"]
 
 
+@pytest.mark.integration
 def test_cli_eval_writes_json_and_markdown(tiny, tmp_path, capsys):
     out = tmp_path / "reports" / "tiny.json"
     argv = ["eval", "--model", "minilm", "--dataset", str(tiny), "--baselines", "--out", str(out)]
@@ -229,6 +223,7 @@ def test_cli_eval_writes_json_and_markdown(tiny, tmp_path, capsys):
     assert list((tmp_path / "cache").glob("minilm-*/*.npy"))
 
 
+@pytest.mark.integration
 def test_cli_eval_run_with_a_config_file(tiny, tmp_path, capsys):
     config = tmp_path / "eval.yaml"
     config.write_text(

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
-from workembed.eval.dataset import RankingDataset
 from workembed.eval.metrics import METRICS, mean_metrics, ndcg_at_k, positive_grades
-from workembed.eval.scoring import encoder_ranking
 from workembed.eval.workrb_adapter import import_workrb, to_workrb_dataset, workrb_relevance
+from workembed.retrieval.ranking import encoder_ranking
+from workembed.retrieval.ranking_dataset import RankingDataset
 
 QUERIES = {
     "q1": "We are looking for a Python developer to build data pipelines.",

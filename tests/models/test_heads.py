@@ -4,8 +4,6 @@ import torch
 from pydantic import ValidationError
 
 from workembed.config import ConfigError, load_config
-from workembed.eval.extraction import redundancy_filter, token_attention_scores
-from workembed.eval.scoring import l2_normalize, late_interaction_scores, query_token_vectors
 from workembed.models.heads import (
     HEADS,
     AsymmetricProjection,
@@ -19,6 +17,9 @@ from workembed.models.heads import (
     content_token_mask,
     masked_mean,
 )
+from workembed.retrieval.embedding import query_token_vectors
+from workembed.retrieval.scoring import l2_normalize, late_interaction_scores
+from workembed.retrieval.skill_extraction import redundancy_filter, token_attention_scores
 
 VOCAB = "[PAD] [UNK] [CLS] [SEP] [MASK] python sql data skills and nurse ##s".split()
 

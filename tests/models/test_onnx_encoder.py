@@ -85,6 +85,7 @@ def test_minilm_fp32_matches_eager(minilm, onnx_cache):
     np.testing.assert_allclose(ours.embed(TEXTS), minilm.embed(TEXTS), atol=1e-4)
 
 
+@pytest.mark.integration
 def test_minilm_int8_stays_close_to_fp32(onnx_cache):
     """Per-channel int8 weights keep every pooled embedding within cosine 0.98 of the fp32 one."""
     fp32 = OnnxEncoder("minilm", quantize=False, cache_dir=onnx_cache)

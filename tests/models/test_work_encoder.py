@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from workembed.eval.runner import input_kinds
-from workembed.eval.scoring import target_cache_path
 from workembed.models import Encoder
+from workembed.models.folder import HEAD_WEIGHTS_FILE, read_model_info
 from workembed.models.heads import HeadConfig, masked_mean
 from workembed.models.onnx_encoder import OnnxEncoder
-from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, WorkEncoder, read_model_info
+from workembed.models.work_encoder import WorkEncoder
+from workembed.retrieval.embedding import target_cache_path
 
 TEXTS = [
     "software developer",

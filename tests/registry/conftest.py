@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from workembed.eval.dataset import write_dataset
 from workembed.registry import RegistryConfig
+from workembed.retrieval.ranking_dataset import write_dataset
 
 JOBS = {
     "nurse": "registered nurse caring for patients in a hospital ward",

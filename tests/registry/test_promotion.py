@@ -14,14 +14,8 @@ from workembed.eval.runner import evaluate
 from workembed.models import resolve_model_path
 from workembed.models.extraction_settings import read_extraction_settings
 from workembed.models.mlflow_models import download_model
-from workembed.registry import (
-    PromotionRefused,
-    list_versions,
-    promote,
-    register_model,
-    rollback,
-    show_version,
-)
+from workembed.registry import PromotionRefused, list_versions, rollback, show_version
+from workembed.registry_commands import promote, register_model
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from workembed.eval.dataset import read_dataset
-from workembed.eval.extraction_eval import evaluate_extraction
+from workembed.eval.extraction_benchmark import evaluate_extraction
 from workembed.models import Encoder, resolve_model_path
 from workembed.models.extraction_settings import read_extraction_settings
-from workembed.registry import register_model
+from workembed.registry_commands import register_model
+from workembed.retrieval.ranking_dataset import read_dataset
 
 TRAINING = {"run_name": "r-lineage", "tracking": {"experiment": "no-such-experiment"}, "data": {"esco": "x"}}
 

@@ -100,7 +100,7 @@ def test_filters_and_held_out_concepts_drop_every_touching_edge():
 
 
 def test_edges_with_a_benchmark_text_are_dropped_whichever_side_holds_it():
-    from workembed.eval.leakage import text_key
+    from workembed.retrieval.leakage import text_key
 
     excluded = {text_key("Python!"), text_key("Database Administrator")}
     graph = EdgeGraph(GRAPH, TASKS, excluded_texts=excluded)

@@ -13,7 +13,6 @@ from tests.eval.test_matching_eval import INTERACTIONS, PROFILES, PROJECTS
 from tests.train.test_trainer import make_config
 from workembed.data.matching import held_out_projects
 from workembed.eval.matching_eval import MatchingEvalConfig, run_matching_eval
-from workembed.eval.matching_metrics import Item
 from workembed.models.document_model import (
     DESCRIPTION,
     RESUME,
@@ -24,6 +23,7 @@ from workembed.models.document_model import (
     project_document,
 )
 from workembed.models.heads import HeadConfig
+from workembed.retrieval.matching_dataset import Item
 from workembed.train.config import MatchingTrainConfig
 from workembed.train.loop import batch_digest
 from workembed.train.matching import MatchingGraph

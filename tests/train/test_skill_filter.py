@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 from workembed.data.skillspan import SkillSpanFormatError, read_skillspan
-from workembed.eval.leakage import benchmark_texts, leaked, text_key
 from workembed.models import Encoder
 from workembed.models.skill_filter import (
     FILTER_FILE,
@@ -18,6 +17,7 @@ from workembed.models.skill_filter import (
     precision_recall,
     read_skill_filter,
 )
+from workembed.retrieval.leakage import benchmark_texts, leaked, text_key
 from workembed.train.skill_filter import REPORT_FILE, SkillFilterConfig, run_skill_filter
 
 SKILLED = [

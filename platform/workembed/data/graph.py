@@ -104,8 +104,8 @@ def skillskape_edges_table(source: str | Path, taxonomy: Taxonomy) -> tuple[pa.T
     """``skill-sentence`` edges of a SkillSkape CSV (``sentence``, ``skills``: a list of ESCO preferred
     labels): each sentence → each of its skills that ``taxonomy`` holds (labels matched exactly, then
     case-insensitively); ``UNK``-only sentences and unknown labels give no edge and are counted."""
-    from workembed.eval.converters import skillskape_dataset
-    from workembed.eval.esco_tasks import concept_id
+    from workembed.retrieval.benchmarks import skillskape_dataset
+    from workembed.retrieval.esco_concepts import concept_id
 
     dataset = skillskape_dataset(source, taxonomy, name="skillskape-train")
     uris = {concept_id(uri): uri for uri in taxonomy.skills}

@@ -1,26 +1,19 @@
-"""Evaluation: ranking datasets, metrics, scoring, lexical baselines and the runner.
+"""Evaluation: ranking tasks, benchmark converters, metrics, runners, reports and plots.
 
-Every task is "rank a target space for a query": a :class:`RankingDataset` holds the queries, the corpus
-and graded relevance judgements; :func:`evaluate` ranks the corpus for each query with an encoder (and
-optionally BM25 and character n-gram TF-IDF) and reports MAP, MRR, RP@K, NDCG@10 and Recall@100.
+Every task is "rank a target space for a query": a ranking dataset
+(:mod:`workembed.retrieval.ranking_dataset`) holds the queries, the corpus and graded relevance judgements;
+:func:`evaluate` ranks the corpus for each query with an encoder (:mod:`workembed.retrieval.ranking`;
+optionally also BM25 and character n-gram TF-IDF) and reports MAP, MRR, RP@K, NDCG@10 and Recall@100.
 """
 
-from workembed.eval.dataset import DatasetError, RankingDataset, read_dataset, write_dataset
 from workembed.eval.metrics import METRICS, mean_metrics, query_metrics
 from workembed.eval.runner import EvalConfig, evaluate, run_eval
-from workembed.eval.scoring import Ranking, encoder_ranking
 
 __all__ = [
     "METRICS",
-    "DatasetError",
     "EvalConfig",
-    "Ranking",
-    "RankingDataset",
-    "encoder_ranking",
     "evaluate",
     "mean_metrics",
     "query_metrics",
-    "read_dataset",
     "run_eval",
-    "write_dataset",
 ]

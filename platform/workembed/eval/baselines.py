@@ -6,7 +6,7 @@
   ngram_range=(3, 5))``, fitted on the corpus), cosine similarity of the L2-normalised TF-IDF vectors.
 
 Both score blocks of queries against all targets and keep the top ``k`` (see
-:func:`workembed.eval.scoring.blocked_top_k`).
+:func:`workembed.retrieval.scoring.blocked_top_k`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from workembed.eval.scoring import Ranking, blocked_top_k
+from workembed.retrieval.ranking import Ranking
+from workembed.retrieval.scoring import blocked_top_k
 
 _WORD = re.compile(r"\w+")
 

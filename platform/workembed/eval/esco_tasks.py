@@ -1,4 +1,4 @@
-"""Ranking tasks built from ESCO, written in the generic format of :mod:`workembed.eval.dataset`.
+"""Ranking tasks built from ESCO, written in the generic format of :mod:`workembed.retrieval.ranking_dataset`.
 
 Four tasks, each "rank a target space for a query":
 
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections import Counter
 from collections.abc import Collection, Mapping
 from pathlib import Path
@@ -45,62 +44,20 @@ from typing import Literal
 from pydantic import Field
 
 from workembed.config import Config
-from workembed.eval.dataset import RankingDataset, write_dataset
+from workembed.retrieval.esco_concepts import (
+    SPLIT_FILE,
+    concept_corpus,
+    concept_ids,
+    esco_info,
+    label_key,
+    tidy,
+)
+from workembed.retrieval.ranking_dataset import RankingDataset, ranking_dataset, write_dataset
 from workembed.taxonomy import EscoConfig, Occupation, Skill, Taxonomy, load_esco_config
 
 TASKS: tuple[str, ...] = ("job-skill", "skill-job", "skill-normalization", "job-normalization")
-SPLIT_FILE = "split.json"
 RELEVANCE = 1
 Split = Literal["held-out", "all"]
-
-_VERSION = re.compile(r"v\d+(?:\.\d+)+")
-
-
-# -------------------------------------------------------------------------------------------- helpers
-
-
-def concept_id(uri: str) -> str:
-    """The dataset id of a concept: the last path segment of its URI."""
-    return uri.rstrip("/").rsplit("/", 1)[-1]
-
-
-def tidy(text: str) -> str:
-    """Collapse runs of whitespace and strip the ends."""
-    return " ".join(text.split())
-
-
-def label_key(text: str) -> str:
-    """The form under which labels count as equal: whitespace collapsed, case folded."""
-    return tidy(text).casefold()
-
-
-def esco_version(taxonomy: Taxonomy) -> str | None:
-    """The release named in the taxonomy's source (``.../esco/v1.1.1`` → ``v1.1.1``), else None."""
-    found = _VERSION.findall(taxonomy.source)
-    return found[-1] if found else None
-
-
-def esco_info(taxonomy: Taxonomy) -> dict[str, str | None]:
-    """Where a task's ESCO data came from, for ``meta.json``."""
-    return {"source": taxonomy.source, "version": esco_version(taxonomy)}
-
-
-def _ids(concepts: Mapping[str, Skill | Occupation], kind: str) -> dict[str, str]:
-    """URI → id, refusing two URIs that share an id."""
-    ids = {uri: concept_id(uri) for uri in concepts}
-    if len(set(ids.values())) != len(ids):
-        clash = [i for i, n in Counter(ids.values()).items() if n > 1][:3]
-        raise ValueError(f"{kind} URIs share ids (last path segment): {clash}")
-    return ids
-
-
-def _corpus(concepts: Mapping[str, Skill | Occupation], ids: Mapping[str, str]) -> dict[str, str]:
-    return {ids[uri]: tidy(concepts[uri].preferred_label) for uri in sorted(concepts, key=ids.__getitem__)}
-
-
-def esco_corpus(concepts: Mapping[str, Skill | Occupation], kind: str) -> dict[str, str]:
-    """The target space of a concept kind: id → preferred label, in id order."""
-    return _corpus(concepts, _ids(concepts, kind))
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -143,13 +100,6 @@ def split_record(taxonomy: Taxonomy, fraction: float = 0.1, seed: int = 0) -> di
     }
 
 
-def read_split(path: str | Path) -> tuple[frozenset[str], frozenset[str]]:
-    """The held-apart ``(skill_uris, occupation_uris)`` of a ``split.json`` (file or its folder)."""
-    path = Path(path)
-    record = json.loads((path / SPLIT_FILE if path.is_dir() else path).read_text(encoding="utf-8"))
-    return frozenset(record["skills"]), frozenset(record["occupations"])
-
-
 # ---------------------------------------------------------------------------------------------- tasks
 
 
@@ -157,8 +107,8 @@ def _relation_task(
     taxonomy: Taxonomy, name: str, from_occupation: bool, keep: Collection[str] | None
 ) -> RankingDataset:
     sides = [
-        (taxonomy.occupations, _ids(taxonomy.occupations, "occupation")),
-        (taxonomy.skills, _ids(taxonomy.skills, "skill")),
+        (taxonomy.occupations, concept_ids(taxonomy.occupations, "occupation")),
+        (taxonomy.skills, concept_ids(taxonomy.skills, "skill")),
     ]
     (sources, source_ids), (targets, target_ids) = sides if from_occupation else sides[::-1]
     links: dict[str, set[str]] = {}
@@ -200,7 +150,7 @@ def _relation_task(
         "relevance": {"essential": RELEVANCE, "optional": RELEVANCE, "other": RELEVANCE},
         "relation_types": dict(sorted(types.items())),
     }
-    return ranking_dataset(name, queries, _corpus(targets, target_ids), qrels, meta, dropped)
+    return ranking_dataset(name, queries, concept_corpus(targets, target_ids), qrels, meta, dropped)
 
 
 def job_skill_task(taxonomy: Taxonomy, keep: Collection[str] | None = None) -> RankingDataset:
@@ -216,7 +166,7 @@ def skill_job_task(taxonomy: Taxonomy, keep: Collection[str] | None = None) -> R
 def _normalization_task(
     concepts: Mapping[str, Skill | Occupation], name: str, kind: str, keep: Collection[str] | None
 ) -> RankingDataset:
-    ids = _ids(concepts, kind)
+    ids = concept_ids(concepts, kind)
     preferred = {label_key(c.preferred_label) for c in concepts.values()}
     groups: dict[str, list[tuple[str, int, str]]] = {}  # label key → (id, position, uri) per owner
     dropped: Counter[str] = Counter()
@@ -259,7 +209,9 @@ def _normalization_task(
         "shared_label_queries": shared,
         "alt_labels_merged_into_shared": sum(len(o) - 1 for o in groups.values()),
     }
-    return ranking_dataset(name, queries, _corpus(concepts, ids), qrels, meta, dict(sorted(dropped.items())))
+    return ranking_dataset(
+        name, queries, concept_corpus(concepts, ids), qrels, meta, dict(sorted(dropped.items()))
+    )
 
 
 def skill_normalization_task(taxonomy: Taxonomy, keep: Collection[str] | None = None) -> RankingDataset:
@@ -270,20 +222,6 @@ def skill_normalization_task(taxonomy: Taxonomy, keep: Collection[str] | None = 
 def job_normalization_task(taxonomy: Taxonomy, keep: Collection[str] | None = None) -> RankingDataset:
     """``job-normalization``: alternative labels of occupations (in ``keep``; None: all) → occupations."""
     return _normalization_task(taxonomy.occupations, "job-normalization", "occupation", keep)
-
-
-def ranking_dataset(
-    name: str,
-    queries: dict[str, str],
-    corpus: dict[str, str],
-    qrels: dict[str, dict[str, int]],
-    meta: Mapping,
-    dropped: Mapping[str, int],
-) -> RankingDataset:
-    """A dataset whose meta holds its name, ``meta``, its counts and what was dropped (by reason)."""
-    counts = {"queries": len(queries), "corpus": len(corpus), "qrels": sum(map(len, qrels.values()))}
-    info = {"name": name, **meta, "counts": counts, "dropped": dict(dropped)}
-    return RankingDataset(name=name, queries=queries, corpus=corpus, qrels=qrels, meta=info)
 
 
 def esco_tasks(

@@ -3,14 +3,14 @@
 Each system ranks all profiles for each project (project text → profile text) and keeps the top
 ``max(ks)``; :func:`~workembed.eval.matching_metrics.matching_metrics` scores the rankings against the
 labelled pairs. Systems: the encoder (named by the model; cosine of pooled, L2-normalised embeddings, queries
-scored in blocks against all profiles, see :func:`~workembed.eval.scoring.encoder_ranking`) and, with
+scored in blocks against all profiles, see :func:`~workembed.retrieval.ranking.encoder_ranking`) and, with
 ``baselines``, ``bm25``, ``tfidf`` (:mod:`workembed.eval.baselines`) and ``random``
 (:func:`~workembed.eval.matching_metrics.random_rankings`).
 
 The report holds ``model``, ``ks``, ``dataset`` (``projects``, ``profiles``, ``positives``, ``negatives``,
 ``projects_with_positive``) and ``results``: per system the metrics of ``matching_metrics`` and the
 ranking time in ``seconds``. :func:`evaluate_matching` returns unrounded values; :func:`run_matching_eval`
-reads the matching data (labels derived by :func:`~workembed.eval.matching_metrics.matching_dataset`),
+reads the matching data (labels derived by :func:`~workembed.retrieval.matching_dataset.matching_dataset`),
 rounds the values (4 decimals) and writes the JSON and Markdown report.
 """
 
@@ -24,20 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from workembed.config import resolve_data_path
-from workembed.data.matching import PROFILES_FILE, PROJECTS_FILE, MatchingConfig
+from workembed.data.matching import MatchingConfig
 from workembed.eval.baselines import BASELINES
-from workembed.eval.matching_metrics import (
-    DEFAULT_KS,
-    Interaction,
-    Item,
-    matching_dataset,
-    matching_metrics,
-    random_rankings,
-)
+from workembed.eval.matching_metrics import DEFAULT_KS, matching_metrics, random_rankings
 from workembed.eval.report import DIGITS, format_cell, rounded, write_json_and_markdown
 from workembed.eval.runner import EncoderEvalConfig
-from workembed.eval.scoring import Log, encoder_ranking, say
+from workembed.log import Log, say
+from workembed.retrieval.matching_dataset import Interaction, Item, matching_dataset, matching_folder
+from workembed.retrieval.ranking import encoder_ranking
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -213,16 +207,6 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
     return result
 
 
-def matching_folder(location: str | Path, directory: str = MatchingConfig().directory) -> Path:
-    """The folder holding the projects and profiles files: ``location`` itself or ``location/directory``
-    (``location`` resolved against the data root)."""
-    path = Path(resolve_data_path(location))
-    for folder in (path, path / directory):
-        if (folder / PROJECTS_FILE).is_file() and (folder / PROFILES_FILE).is_file():
-            return folder
-    raise FileNotFoundError(f"no {PROJECTS_FILE} and {PROFILES_FILE} in {path} nor in {path / directory}")
-
-
 # ------------------------------------------------------------------------------------------- report
 
 
@@ -264,8 +248,7 @@ def load_matching_encoder(config: MatchingEvalConfig) -> Encoder | DocumentModel
     when its folder says so, else a text encoder."""
     from workembed.models import Encoder
     from workembed.models.document_model import DocumentModel
-    from workembed.models.encoder import resolve_model_path
-    from workembed.models.work_encoder import read_model_info
+    from workembed.models.folder import read_model_info, resolve_model_path
 
     path = resolve_model_path(config.model)
     if read_model_info(path).get("pooling") == "section":
@@ -281,8 +264,8 @@ def document_rankings(
     model: DocumentModel, projects: Sequence[Item], profiles: Sequence[Item], k: int, block_size: int
 ) -> Rankings:
     """The top ``k`` profiles of each project by cosine of the section model's document embeddings."""
-    from workembed.eval.scoring import dense_top_k
     from workembed.models.document_model import profile_document, project_document
+    from workembed.retrieval.scoring import dense_top_k
 
     queries = model.embed([project_document(item) for item in projects])
     targets = model.embed([profile_document(item) for item in profiles])

@@ -3,7 +3,7 @@ scale: freelancer-project alignment for efficient multilingual candidate retriev
 
 The format: projects and profiles are :class:`Item` s (id, category, skill set, text), interactions are
 labelled (project, profile) pairs (+1 a fit, −1 a mismatch), and a retrieval result maps each project id to
-its ranked profile ids (best first, e.g. :meth:`workembed.eval.scoring.Ranking.as_dict`). For a project
+its ranked profile ids (best first, e.g. :meth:`workembed.retrieval.ranking.Ranking.as_dict`). For a project
 ``p`` with positives ``Pos_p``, negatives ``Neg_p``, skills ``S_p`` and top-K profiles ``T_K(p)`` (the first
 ``min(K, len(ranking))`` ids):
 
@@ -20,8 +20,9 @@ its ranked profile ids (best first, e.g. :meth:`workembed.eval.scoring.Ranking.a
 Every metric is computed per project and averaged over the projects it is defined for; the ``n_*`` keys of
 :func:`matching_metrics` say how many that is.
 
-:func:`matching_dataset` builds this format from the matching data (``upwork_projects.csv``,
-``resumes.csv``) with the rules of :mod:`workembed.data.matching`, and nothing else is derived:
+:func:`~workembed.retrieval.matching_dataset.matching_dataset` builds this format from the matching data
+(``upwork_projects.csv``, ``resumes.csv``) with the rules of :mod:`workembed.data.matching`, and nothing else
+is derived:
 
 - project skills: the listed Upwork skills, normalised as the mention rule compares them (lower-cased,
   except skills of ≤ 2 characters, which stay as written);
@@ -40,45 +41,14 @@ Every metric is computed per project and averaged over the projects it is define
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from workembed.data.matching import (
-    CASE_SENSITIVE_CHARS,
-    COMPATIBLE,
-    PROFILES_FILE,
-    PROJECTS_FILE,
-    MatchingConfig,
-    load_profiles,
-    load_projects,
-    mention_counts,
-    skill_edges,
-)
+from workembed.data.matching import COMPATIBLE
+from workembed.retrieval.matching_dataset import Interaction, Item
 
 Compatible = Callable[[str, str], bool | None]
 DEFAULT_KS: tuple[int, ...] = (10, 100)
-
-
-@dataclass(frozen=True)
-class Item:
-    """A project or a profile."""
-
-    id: str
-    category: str
-    skills: frozenset[str]
-    text: str = ""
-
-
-@dataclass(frozen=True)
-class Interaction:
-    """A labelled project → profile pair: +1 a fit, −1 a mismatch."""
-
-    project_id: str
-    profile_id: str
-    label: int
 
 
 # -------------------------------------------------------------------------------- per project
@@ -190,46 +160,6 @@ def random_rankings(
     rng = np.random.default_rng(seed)
     size = min(k, len(profile_ids))
     return {pid: [profile_ids[j] for j in rng.permutation(len(profile_ids))[:size]] for pid in project_ids}
-
-
-# ------------------------------------------------------------------------------- the real data
-
-
-def matching_dataset(
-    data_root: str | Path, config: MatchingConfig | None = None
-) -> tuple[list[Item], list[Item], list[Interaction]]:
-    """Projects, profiles and skill-derived interactions from ``<data_root>/<config.directory>``."""
-    config = config or MatchingConfig()
-    directory = Path(data_root) / config.directory
-    projects, _ = load_projects(str(directory / PROJECTS_FILE))
-    profiles, _ = load_profiles(str(directory / PROFILES_FILE))
-    positives, negatives = skill_edges(projects, profiles, config)
-    interactions = [Interaction(row[1], row[3], int(row[5])) for row in positives + negatives]
-    project_items = [
-        Item(p.project_id, p.category, frozenset(map(skill_key, p.skills)), p.text)
-        for p in projects.itertuples(index=False)
-    ]
-    mentioned = profile_skill_sets(profiles, sorted({s for item in project_items for s in item.skills}))
-    profile_items = [
-        Item(p.profile_id, p.category, skills, p.text)
-        for p, skills in zip(profiles.itertuples(index=False), mentioned, strict=True)
-    ]
-    return project_items, profile_items, interactions
-
-
-def profile_skill_sets(profiles: pd.DataFrame, vocabulary: Sequence[str]) -> list[frozenset[str]]:
-    """For each profile, the (normalised) skills of ``vocabulary`` its text mentions
-    (:func:`~workembed.data.matching.mention_counts` with one single-skill project per skill)."""
-    if not len(vocabulary):
-        return [frozenset() for _ in range(len(profiles))]
-    single = pd.DataFrame({"skills": [[skill] for skill in vocabulary]})
-    counts = mention_counts(single, profiles)  # [n_skills, n_profiles], 0 or 1
-    return [frozenset(vocabulary[i] for i in np.flatnonzero(column)) for column in counts.T]
-
-
-def skill_key(skill: str) -> str:
-    """A skill as the mention rule compares it: lower-cased unless it has ≤ 2 characters."""
-    return skill if len(skill) <= CASE_SENSITIVE_CHARS else skill.lower()
 
 
 def _labelled(interactions: Sequence[Interaction]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:

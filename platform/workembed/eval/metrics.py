@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping, Sequence
 
-METRICS: tuple[str, ...] = ("map", "mrr", "rp@1", "rp@5", "rp@10", "ndcg@10", "recall@100")
+from workembed.retrieval.ranking import METRICS
 
 Relevance = Mapping[str, int] | Collection[str]
 

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from workembed.eval.metrics import METRICS
 from workembed.eval.plots import PLOT_METRICS, metric_bars
+from workembed.formatting import DIGITS, format_cell, rounded
 from workembed.tracking import safe_name
-
-DIGITS = 4
-
-
-def rounded(report: Mapping[str, Any], digits: int = DIGITS) -> dict[str, Any]:
-    """A copy of ``report`` with every float rounded to ``digits`` decimals (NaN becomes None)."""
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, Mapping):
-            return {key: walk(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(item) for item in value]
-        if isinstance(value, float):
-            return None if math.isnan(value) else round(value, digits)
-        return value
-
-    return walk(report)
 
 
 def markdown_table(report: Mapping[str, Any], digits: int = DIGITS) -> str:
@@ -76,10 +59,3 @@ def write_report(
         png = json_path.with_name(f"{json_path.stem}-{safe_name(metric)}.png")
         written[metric] = metric_bars(report, metric, png)
     return written
-
-
-def format_cell(value: Any, digits: int = DIGITS) -> str:
-    """A metric for a Markdown cell: ``digits`` decimals, '–' for a missing or NaN value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:.{digits}f}"

@@ -23,11 +23,12 @@ from pydantic import Field, field_validator
 
 from workembed.config import Config, resolve_data_path
 from workembed.eval.baselines import BASELINES
-from workembed.eval.dataset import RankingDataset, read_dataset
 from workembed.eval.metrics import mean_metrics
-from workembed.eval.ray_embedding import RayEmbedding
 from workembed.eval.report import rounded, write_report
-from workembed.eval.scoring import Log, Ranking, Scorer, encoder_ranking, say
+from workembed.log import Log, say
+from workembed.retrieval.ranking import Ranking, Scorer, encoder_ranking
+from workembed.retrieval.ranking_dataset import RankingDataset, read_dataset
+from workembed.retrieval.ray_embedding import RayEmbedding
 
 if TYPE_CHECKING:
     from workembed.models import Encoder

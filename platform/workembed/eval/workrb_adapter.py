@@ -44,20 +44,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from workembed.eval.dataset import RankingDataset
-from workembed.eval.scoring import (
-    SCORERS,
-    Log,
-    Scorer,
-    late_interaction_scores,
-    pooled_embeddings,
-    query_token_vectors,
-    target_embeddings,
-)
+from workembed.log import Log
+from workembed.retrieval.embedding import pooled_embeddings, query_token_vectors, target_embeddings
+from workembed.retrieval.ranking import SCORERS, Scorer
+from workembed.retrieval.ranking_dataset import RankingDataset
+from workembed.retrieval.scoring import late_interaction_scores
 
 if TYPE_CHECKING:
-    from workembed.eval.ray_embedding import RayEmbedding
     from workembed.models import Encoder
+    from workembed.retrieval.ray_embedding import RayEmbedding
 
 Gain = Literal["linear", "exponential"]
 PACKAGES_WITH_HEAVY_INIT = ("workrb", "workrb.models", "workrb.tasks")

@@ -18,8 +18,6 @@ from torch import Tensor
 
 from workembed.losses.output import LossOutput
 
-UNKNOWN_CATEGORY = -1  # any negative category means "unknown": it creates no weak negative
-
 
 def extend_adjacency(
     labels: Tensor,

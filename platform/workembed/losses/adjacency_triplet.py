@@ -38,17 +38,9 @@ class AdjacencyTripletLoss(nn.Module):
             for efficient multilingual candidate retrieval", RecSys in HR 2024, arXiv:2409.12097.
             Schroff, Kalenichenko, Philbin (2015), "FaceNet", arXiv:1503.03832.
 
-        Inputs:
-            +------------+--------------------------+------------------------------------------------+
-            | argument   | shape                    | meaning                                        |
-            +============+==========================+================================================+
-            | projects   | [n_p, D]                 | project embeddings (project tower)             |
-            | profiles   | [n_f, D]                 | profile embeddings (profile tower)             |
-            | adjacency  | [n_p + n_f, n_p + n_f]   | extended adjacency, projects first             |
-            +------------+--------------------------+------------------------------------------------+
-
-        ``from_scores(scores, adjacency, n_projects)`` takes a precomputed ``[n, n]`` score matrix instead.
-        Returns a :class:`LossOutput` with parts ``project`` and ``profile`` (the side means).
+        Inputs and output: as :class:`~workembed.losses.adjacency_infonce.AdjacencyInfoNCELoss` (``projects``
+        ``[n_p, D]``, ``profiles`` ``[n_f, D]``, ``adjacency`` ``[n_p + n_f, n_p + n_f]`` with projects
+        first; ``from_scores(scores, adjacency, n_projects)``; parts ``project`` and ``profile``).
 
         Example:
             ::

@@ -10,7 +10,6 @@ the section types and the section length).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workembed.models.folder import (
+    FORMAT_VERSION,
+    load_head_weights,
+    read_model_info,
+    resolve_model_path,
+    save_head_weights,
+    write_model_info,
+)
 from workembed.models.heads import HeadConfig, SectionBatch, SectionDocumentEncoder, build_head
 from workembed.models.heads.sections import Document
 
@@ -28,7 +35,7 @@ TITLE, DESCRIPTION, SKILLS, RESUME = range(len(SECTION_TYPES))
 
 
 class MatchingItem(Protocol):
-    """A project or a profile (:class:`workembed.eval.matching_metrics.Item`)."""
+    """A project or a profile (:class:`workembed.retrieval.matching_dataset.Item`)."""
 
     text: str
     skills: frozenset[str]
@@ -77,8 +84,6 @@ class DocumentModel(SectionDocumentEncoder):
         """The frozen ``backbone`` (an alias or a folder) with a new head built from ``head``."""
         from transformers import AutoModel, AutoTokenizer
 
-        from workembed.models.encoder import resolve_model_path
-
         if head.name != "section":
             raise ValueError(f"a document model needs the 'section' head, got '{head.name}'")
         if (head.num_section_types or 0) < len(SECTION_TYPES):
@@ -101,32 +106,23 @@ class DocumentModel(SectionDocumentEncoder):
     @classmethod
     def load(cls, directory: str | os.PathLike) -> DocumentModel:
         """A saved document model folder (see the module docstring)."""
-        from safetensors.torch import load_file
-
-        from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
-
         info = read_model_info(directory)
         if info.get("pooling") != "section":
             raise ValueError(f"{directory} is not a section document model (pooling: {info.get('pooling')})")
         model = cls.build(
             directory, HeadConfig.model_validate(info["head"]), int(info.get("max_section_length", 128))
         )
-        model.head.load_state_dict(load_file(str(Path(directory) / HEAD_WEIGHTS_FILE)))
+        model.head.load_state_dict(load_head_weights(directory))
         model.source = str(info.get("base_model", directory))
         return model.eval()
 
     def save(self, directory: str | os.PathLike, info: Mapping[str, Any] | None = None) -> Path:
         """Write the backbone, tokenizer, head weights and ``workembed.json`` (``info`` merged in)."""
-        from safetensors.torch import save_file
-
-        from workembed.models.work_encoder import FORMAT_VERSION, HEAD_WEIGHTS_FILE, MODEL_INFO_FILE
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         self.backbone.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
-        state = {name: value.detach().contiguous().cpu() for name, value in self.head.state_dict().items()}
-        save_file(state, str(out / HEAD_WEIGHTS_FILE))
+        save_head_weights(out, self.head)
         record = {
             "format_version": FORMAT_VERSION,
             "pooling": "section",
@@ -136,7 +132,7 @@ class DocumentModel(SectionDocumentEncoder):
             "base_model": self.source,
             **(info or {}),
         }
-        (out / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        write_model_info(out, record)
         return out
 
     def embed(self, documents: Sequence[Document], batch_size: int = 16) -> np.ndarray:

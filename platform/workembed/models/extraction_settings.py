@@ -1,6 +1,6 @@
 """The calibrated skill-extraction settings a model folder carries (``extraction.json``).
 
-Registration calibrates the threshold (:mod:`workembed.eval.extraction_eval`) and writes this file into the
+Registration calibrates the threshold (:mod:`workembed.eval.calibration`) and writes this file into the
 model folder before the folder is logged to MLflow, so the threshold travels with the model version; the
 serving application reads it back and refuses to extract with a model that has none.
 """

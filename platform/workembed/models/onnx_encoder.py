@@ -26,14 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workembed.models.encoder import (
-    MINILM,
-    TokenEmbeddings,
-    encode_batch,
-    length_sorted_batches,
-    resolve_model_path,
-    token_embeddings,
-)
+from workembed.models.encoder import TokenEmbeddings, encode_batch, length_sorted_batches, token_embeddings
+from workembed.models.folder import MINILM, has_head_weights, read_model_info, resolve_model_path
 
 DEFAULT_CACHE_DIR = "~/.cache/workembed/onnx"
 EXPORT_FORMAT = "last_hidden_state/opset17/v1"  # part of the cache key: bump when the export changes
@@ -121,9 +115,7 @@ def quantize_onnx(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 def check_mean_pooling(path: Path) -> None:
     """Refuse a model folder whose embedding needs a trained head (the ONNX graph is the backbone only)."""
-    from workembed.models.work_encoder import HEAD_WEIGHTS_FILE, read_model_info
-
-    if (Path(path) / HEAD_WEIGHTS_FILE).is_file():
+    if has_head_weights(path):
         head = read_model_info(path).get("head", {}).get("name")
         raise ValueError(
             f"model {path} pools with a trained '{head}' head; the ONNX runtimes serve mean-pooling models: "

@@ -10,7 +10,6 @@ replica knows exactly what it runs.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workembed.models.encoder import resolve_model_path
+from workembed.models.folder import FORMAT_VERSION, resolve_model_path, save_head_weights, write_model_info
 from workembed.models.heads import HeadConfig, build_head, masked_mean
 
-MODEL_INFO_FILE = "workembed.json"
-HEAD_WEIGHTS_FILE = "head.safetensors"
-FORMAT_VERSION = 1
 POOLED_HEADS = ("mean", "projection", "bilstm-attention")
 """Heads that turn token outputs into one embedding per text (``late-interaction`` scores from the
 backbone's tokens and pools targets by their mean)."""
@@ -143,12 +139,7 @@ class WorkEncoder(nn.Module):
         self.backbone.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         if self.head is not None:
-            from safetensors.torch import save_file
-
-            state = {
-                name: value.detach().contiguous().cpu() for name, value in self.head.state_dict().items()
-            }
-            save_file(state, str(out / HEAD_WEIGHTS_FILE))
+            save_head_weights(out, self.head)
         record = {
             "format_version": FORMAT_VERSION,
             "pooling": self.head_config.name if self.head is not None else "mean",
@@ -158,11 +149,5 @@ class WorkEncoder(nn.Module):
             "base_model": self.source,
             **(info or {}),
         }
-        (out / MODEL_INFO_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
+        write_model_info(out, record)
         return out
-
-
-def read_model_info(directory: str | os.PathLike) -> dict[str, Any]:
-    """The ``workembed.json`` of a saved model folder (empty for a plain transformers folder)."""
-    path = Path(directory) / MODEL_INFO_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

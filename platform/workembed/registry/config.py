@@ -8,8 +8,8 @@ import os
 from pydantic import Field, field_validator
 
 from workembed.config import Config, project_root
-from workembed.eval.extraction import Among
-from workembed.eval.metrics import METRICS
+from workembed.retrieval.ranking import METRICS
+from workembed.retrieval.skill_extraction import Among
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_CACHE_DIR = "~/.cache/workembed/targets"

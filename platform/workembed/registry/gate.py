@@ -1,47 +1,33 @@
-"""The promotion gate: evaluate a candidate and the alias holder on the gate datasets and compare.
+"""The promotion gate: compare the scores of a candidate and the alias holder on the gate datasets.
 
-For each gate dataset ``d`` and metric ``m`` (means over the dataset's queries, as ``workembed eval`` reports
+The scores come from a :class:`GateScores` (the evaluation, passed in by the command layer). For each gate
+dataset ``d`` and metric ``m`` (means over the dataset's queries, as ``workembed eval`` reports
 them) the row holds ``diff = candidate − holder``; it is a regression when ``holder − candidate > tolerance``
 (strictly). The gate passes when no row regresses.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from workembed.eval.report import DIGITS, format_cell
-from workembed.eval.scoring import Log
+from workembed.formatting import DIGITS, format_cell
+from workembed.log import Log
 from workembed.registry.config import GateConfig
 
 OK, REGRESSED = "ok", "regressed"
 COLUMNS = ("dataset", "metric", "holder", "candidate", "diff", "verdict")
 
 
-def gate_scores(
-    model: str | os.PathLike, gate: GateConfig, cache_dir: str | None, log: Log | None = None
-) -> dict[str, dict[str, float]]:
-    """``{dataset: {metric: value}}`` of ``model`` (a model folder or ``minilm``) on the gate datasets."""
-    from workembed.config import resolve_data_path
-    from workembed.eval.runner import evaluate
-    from workembed.models import Encoder
+class GateScores(Protocol):
+    """``{dataset: {metric: value}}`` of ``model`` (a model folder or ``minilm``) on the gate datasets: the
+    evaluation :func:`~workembed.registry.promotion.promote` runs on the candidate and the holder. The
+    command layer passes :func:`workembed.eval.gate.gate_scores`; the registry never imports evaluation."""
 
-    encoder = Encoder(model, max_length=gate.max_length, batch_size=gate.batch_size, device=gate.device)
-    report = evaluate(
-        [resolve_data_path(location) for location in gate.datasets],
-        model=encoder,
-        cache_dir=cache_dir,
-        log=log,
-    )
-    scores = {}
-    for dataset, systems in report["results"].items():
-        values = {metric: systems[report["model"]][metric] for metric in gate.metrics}
-        if any(math.isnan(value) for value in values.values()):
-            raise ValueError(f"gate dataset '{dataset}' has no query with a positive judgement")
-        scores[dataset] = values
-    return scores
+    def __call__(
+        self, model: str | os.PathLike, gate: GateConfig, cache_dir: str | None, log: Log | None = None
+    ) -> dict[str, dict[str, float]]: ...
 
 
 def compare(

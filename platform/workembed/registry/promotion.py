@@ -1,7 +1,8 @@
 """Move an alias through the gate (``promote``) and back (``rollback``), recording every decision.
 
 ``promote`` compares the candidate with the alias holder — the zero-shot ``minilm`` when no version holds
-the alias — on the gate datasets (:mod:`workembed.registry.gate`). A candidate without an extraction
+the alias — on the gate datasets (:mod:`workembed.registry.gate`), scored by the evaluation the caller passes
+in (the command layer passes :func:`workembed.eval.gate.gate_scores`). A candidate without an extraction
 threshold is refused before any evaluation (serving's ``/v1/extract`` needs one). The decision is
 ``promoted`` (gate passed), ``refused`` (alias untouched; :class:`PromotionRefused` is raised) or
 ``forced`` (``force`` overrode a failed gate); it is written to the candidate as the tag
@@ -16,11 +17,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from workembed.eval.report import rounded
-from workembed.eval.scoring import Log, say
+from workembed.formatting import rounded
+from workembed.log import Log, say
 from workembed.registry import tags
 from workembed.registry.config import RegistryConfig
-from workembed.registry.gate import REGRESSED, compare, gate_scores, markdown
+from workembed.registry.gate import REGRESSED, GateScores, compare, markdown
 from workembed.registry.versions import model_version, registered_model
 
 BASELINE = "minilm"
@@ -40,11 +41,18 @@ class PromotionRefused(RuntimeError):
 
 
 def promote(
-    config: RegistryConfig, version: str | int, alias: str, *, force: bool = False, log: Log | None = None
+    config: RegistryConfig,
+    version: str | int,
+    alias: str,
+    *,
+    gate_scores: GateScores,
+    force: bool = False,
+    log: Log | None = None,
 ) -> dict[str, Any]:
-    """Gate version ``version`` of ``config.name`` against the holder of ``alias`` and move the alias when it
-    passes or ``force`` is set; returns the decision (name, version, alias, decision, holder, force,
-    tolerance, reasons, table, markdown, by, at). Raises :class:`PromotionRefused` when refused."""
+    """Gate version ``version`` of ``config.name`` against the holder of ``alias`` (both scored by
+    ``gate_scores``) and move the alias when it passes or ``force`` is set; returns the decision (name,
+    version, alias, decision, holder, force, tolerance, reasons, table, markdown, by, at). Raises
+    :class:`PromotionRefused` when refused."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=config.tracking_uri)

@@ -55,7 +55,7 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         from workembed.models import Encoder
-        from workembed.models.work_encoder import read_model_info
+        from workembed.models.folder import read_model_info
 
         path = context.artifacts[MODEL_ARTIFACT]
         info = read_model_info(path)
@@ -79,7 +79,7 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
 
 def rank(queries: np.ndarray, targets: np.ndarray, labels: list[str], k: int) -> dict[str, list]:
     """Per query row, the ``k`` best ``labels`` by cosine and their scores, best first."""
-    from workembed.eval.scoring import dense_top_k, l2_normalize
+    from workembed.retrieval.scoring import dense_top_k, l2_normalize
 
     indices, scores = dense_top_k(l2_normalize(queries), l2_normalize(targets), k)
     return {

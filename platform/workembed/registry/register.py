@@ -1,7 +1,8 @@
 """Register a model folder (or a training run's ``model`` artifact) as a version of a registered model.
 
 The folder is copied to a staging folder; when calibration datasets are configured the extraction
-threshold is calibrated (:mod:`workembed.registry.calibration`) and written into the copy as
+threshold is calibrated (by the :class:`Calibrate` the caller passes in: the command layer passes
+:func:`workembed.eval.calibration.calibrate`) and written into the copy as
 ``extraction.json`` (replacing one the folder had); without them an ``extraction.json`` already in the folder
 is kept. The copy is logged as the pyfunc of :mod:`workembed.registry.pyfunc` (artifact ``model``, so
 ``models:/NAME/VERSION`` downloads to ``.../artifacts/model`` with ``config.json``, the tokenizer files,
@@ -19,33 +20,47 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from workembed.eval.scoring import Log, say
+from workembed.log import Log, say
 from workembed.registry import tags
-from workembed.registry.config import TRACKING_URI_ENV, RegistryConfig
+from workembed.registry.config import TRACKING_URI_ENV, CalibrationConfig, RegistryConfig
+
+if TYPE_CHECKING:
+    from workembed.models.extraction_settings import ExtractionSettings
 
 RUN_MODEL_PATH = "model"
 """Where the trainer logs the model folder in its run (``runs:/RUN_ID/model``)."""
 REPORT_PATH = "report"
 
 
+class Calibrate(Protocol):
+    """Calibrates the extraction settings of the model folder ``model_dir`` on ``config.datasets``: the
+    evaluation registration runs. The command layer passes :func:`workembed.eval.calibration.calibrate`; the
+    registry never imports evaluation."""
+
+    def __call__(
+        self, model_dir: Path, config: CalibrationConfig, log: Log | None = None
+    ) -> ExtractionSettings: ...
+
+
 def register_model(
     config: RegistryConfig,
     *,
+    calibrate: Calibrate,
     model_dir: str | os.PathLike | None = None,
     run_id: str | None = None,
     report: str | os.PathLike | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Register the model folder ``model_dir`` or the ``model`` artifact of training run ``run_id`` (exactly
-    one) as a new version of ``config.name``; returns name, version, uri, run_id (of the registration run),
+    one) as a new version of ``config.name``, its extraction threshold calibrated by ``calibrate`` when
+    ``config.calibration`` names datasets; returns name, version, uri, run_id (of the registration run),
     source, the version's tags and the extraction settings (None without a threshold)."""
     from mlflow import MlflowClient
 
     from workembed.models.extraction_settings import read_extraction_settings, write_extraction_settings
-    from workembed.models.work_encoder import read_model_info
-    from workembed.registry.calibration import calibrate
+    from workembed.models.folder import read_model_info
     from workembed.registry.lineage import lineage_tags
 
     if (model_dir is None) == (run_id is None):

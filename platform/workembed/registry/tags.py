@@ -24,7 +24,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-PREFIX = "workembed."
 SOURCE = "workembed.source"
 TRAINING_RUN = "workembed.training_run"
 DATA_FINGERPRINT = "workembed.data_fingerprint"

@@ -44,7 +44,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Receive, Scope, Send
 
-from workembed.eval.scoring import l2_normalize
+from workembed.retrieval.scoring import l2_normalize
 from workembed.serving.auth import read_api_key, require_api_key
 from workembed.serving.config import ServeConfig
 from workembed.serving.profiles import ProfileIndex

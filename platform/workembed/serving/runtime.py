@@ -4,9 +4,9 @@ embeddings, with the operations of the HTTP API (embed, rank, normalise titles, 
 A model URI is pinned when the model loads: ``models:/NAME@ALIAS`` becomes the ``models:/NAME/VERSION``
 holding the alias now, so a :class:`ServedModel` always serves exactly one version (a moved alias needs a
 new one). Target spaces are embedded on first use (or by :meth:`ServedModel.warm`) with
-:func:`~workembed.eval.scoring.target_embeddings`, cached on disk under ``cache_dir`` per (model, space
+:func:`~workembed.retrieval.embedding.target_embeddings`, cached on disk under ``cache_dir`` per (model, space
 contents) and held in memory as float32 L2-normalised matrices. Ranking is cosine on pooled embeddings in
-blocked matrix products (:func:`~workembed.eval.scoring.dense_top_k`).
+blocked matrix products (:func:`~workembed.retrieval.scoring.dense_top_k`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workembed.eval.scoring import dense_top_k, l2_normalize, target_embeddings
+from workembed.retrieval.embedding import target_embeddings
+from workembed.retrieval.scoring import dense_top_k, l2_normalize
 from workembed.serving.config import ServeConfig
-from workembed.serving.extract import extract_with_spans, locate_sentences, segment_ad
 from workembed.serving.spaces import SpaceCatalog, UnknownSpaceError
+from workembed.serving.span_extraction import extract_with_spans, locate_sentences, segment_ad
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
@@ -42,7 +43,7 @@ def pin_model(uri: str, tracking_uri: str | None) -> tuple[str, Path]:
     are; ``minilm`` stays ``minilm``; a folder becomes its absolute path.
     """
     from workembed.models import resolve_model_path
-    from workembed.models.encoder import MODEL_ALIASES
+    from workembed.models.folder import MODEL_ALIASES
     from workembed.models.mlflow_models import download_model, is_mlflow_uri, pinned_uri
 
     if is_mlflow_uri(uri):
@@ -86,7 +87,7 @@ class ServedModel:
 
     def __init__(self, uri: str, config: ServeConfig, catalog: SpaceCatalog | None = None):
         from workembed.models.extraction_settings import read_extraction_settings
-        from workembed.models.work_encoder import read_model_info
+        from workembed.models.folder import read_model_info
 
         self.uri = uri
         self.config = config
@@ -194,7 +195,7 @@ class ServedModel:
         return extract_with_spans(sentences, tokens, skills, self.catalog.get(SKILLS), self.settings)
 
     def extract_ad(self, text: str) -> list[dict[str, Any]]:
-        """A whole job ad: its sentences (:func:`~workembed.serving.extract.segment_ad`) with their
+        """A whole job ad: its sentences (:func:`~workembed.serving.span_extraction.segment_ad`) with their
         position in ``text`` (``start``/``end``, None when a sentence is not there verbatim, e.g. rendered
         from HTML) and their extracted ``skills``."""
         sentences = segment_ad(text)

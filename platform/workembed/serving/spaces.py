@@ -46,7 +46,7 @@ class TargetSpace:
         return len(self.ids)
 
     def corpus(self) -> dict[str, str]:
-        """``{id: text}`` in order (the input of :func:`~workembed.eval.scoring.target_embeddings`)."""
+        """``{id: text}`` in order (the input of :func:`~workembed.retrieval.embedding.target_embeddings`)."""
         return dict(zip(self.ids, self.texts, strict=True))
 
 

@@ -70,16 +70,6 @@ COPIES_PROMPT = "copies_prompt"
 CONTAINS_LABEL = "contains_label"
 NOT_GROUNDED = "not_grounded"
 DUPLICATE = "duplicate"
-REASONS: tuple[str, ...] = (
-    INFERENCE_ERROR,
-    PARSE_ERROR,
-    TOO_SHORT,
-    TOO_LONG,
-    COPIES_PROMPT,
-    CONTAINS_LABEL,
-    NOT_GROUNDED,
-    DUPLICATE,
-)
 COPY_NGRAM = 4
 """Word n-gram size of the prompt-overlap check."""
 
@@ -359,7 +349,7 @@ class SentenceValidator:
 
     def _label_vectors(self) -> np.ndarray:
         if self._vectors is None:
-            from workembed.eval.scoring import target_embeddings
+            from workembed.retrieval.embedding import target_embeddings
 
             self._vectors = target_embeddings(self._embedder(), self._labels, self.config.cache_dir)
         return self._vectors
@@ -494,7 +484,7 @@ class SentenceValidator:
 
     def _ground_dense(self, candidates: list[_Candidate], results: list[list[str]]) -> None:
         """Add the dense hits to ``results`` (in place), keeping each sentence's targets in row order."""
-        from workembed.eval.scoring import top_k_rows
+        from workembed.retrieval.scoring import top_k_rows
 
         vectors = self._label_vectors()
         scores = self._embedder().embed([c.text for c in candidates]) @ vectors.T

@@ -89,7 +89,7 @@ class EdgeGraph:
         excluded_texts: Collection[str] = frozenset(),
     ):
         """``tasks`` maps task name → sampling weight; ``held_out`` holds concept URIs whose edges go, as do
-        the edges with a text whose :func:`workembed.eval.leakage.text_key` is in ``excluded_texts``
+        the edges with a text whose :func:`workembed.retrieval.leakage.text_key` is in ``excluded_texts``
         (benchmark sentences and titles)."""
         if not tasks:
             raise ValueError("no task to sample from")
@@ -182,7 +182,7 @@ class EdgeGraph:
     def _drop_texts(self, table: pa.Table, excluded: frozenset[str]) -> pa.Table:
         if not excluded:
             return table
-        from workembed.eval.leakage import text_key as benchmark_key
+        from workembed.retrieval.leakage import text_key as benchmark_key
 
         pairs = zip(
             table.column("left_text").to_pylist(), table.column("right_text").to_pylist(), strict=True

@@ -1,7 +1,7 @@
 """Malt two-tower training: section-structured projects and profiles, adjacency losses, on Ray Train workers.
 
 The data are the matching folder's projects, profiles and labelled pairs (+1 a fit, -1 a mismatch; the
-rules of :func:`workembed.eval.matching_metrics.matching_dataset`), minus the projects held apart for
+rules of :func:`workembed.retrieval.matching_dataset.matching_dataset`), minus the projects held apart for
 evaluation (:func:`workembed.data.matching.held_out_projects`). A batch is a pure function of
 ``(seed, step)``: ``batch_size`` training projects with at least one positive, each with up to
 ``positives_per_project`` positive and ``negatives_per_project`` negative profiles; worker ``r`` takes a
@@ -76,7 +76,7 @@ class MatchingGraph:
 
     @classmethod
     def from_folder(cls, folder: str | Path, config: MatchingTrainConfig) -> MatchingGraph:
-        from workembed.eval.matching_metrics import matching_dataset
+        from workembed.retrieval.matching_dataset import matching_dataset
 
         projects, profiles, interactions = matching_dataset(
             folder, config.source.model_copy(update={"directory": "."})

@@ -1,7 +1,7 @@
 """``workembed run skill-filter``: fit the non-skill sentence filter of a model on SkillSpan and report it.
 
 Training sentences are SkillSpan's train split minus every sentence that occurs in a benchmark file
-(:mod:`workembed.eval.leakage`; SkillSpan dev included, so train and evaluation never share a sentence).
+(:mod:`workembed.retrieval.leakage`; SkillSpan dev included, so train and evaluation never share a sentence).
 The sentences are embedded by the model (input kind ``skill_sentence``) and the filter
 (:mod:`workembed.models.skill_filter`) is fitted on them; its precision and recall as a detector of
 skill-bearing sentences are reported on SkillSpan dev. The filter is written into ``out`` (default: the
@@ -54,7 +54,7 @@ class SkillFilterConfig(Config):
 
     @model_validator(mode="after")
     def _has_destination(self) -> SkillFilterConfig:
-        from workembed.models.encoder import MODEL_ALIASES
+        from workembed.models.folder import MODEL_ALIASES
 
         if self.out is None and (self.model in MODEL_ALIASES or "://" in self.model):
             raise ValueError(f"model '{self.model}' is not a local folder: give `out`")
@@ -64,9 +64,9 @@ class SkillFilterConfig(Config):
 def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[str, Any]:
     """Fit, evaluate and save the filter as ``config`` says; returns the report."""
     from workembed.data.skillspan import read_skillspan
-    from workembed.eval.leakage import benchmark_texts, every_key, leaked, text_key
     from workembed.models import Encoder
     from workembed.models.skill_filter import fit_skill_filter, precision_recall
+    from workembed.retrieval.leakage import benchmark_texts, every_key, leaked, text_key
 
     say = log or (lambda message: print(message, file=sys.stderr))
     folder = Path(resolve_data_path(config.skillspan))

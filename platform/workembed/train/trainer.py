@@ -41,7 +41,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     payload: dict[str, Any] = {"config": config.model_dump(mode="json")}
     if config.data.matching is not None:
         worker, datasets, unit = matching_worker, {}, "projects"
-        from workembed.eval.matching_eval import matching_folder
+        from workembed.retrieval.matching_dataset import matching_folder
 
         payload["matching_folder"] = str(matching_folder(config.data.matching.source.directory).resolve())
     else:
@@ -121,7 +121,7 @@ def held_out_concepts(config: TrainConfig) -> frozenset[str]:
     """Skill and occupation URIs held apart for evaluation (none without ``data.split``)."""
     if config.data.split is None:
         return frozenset()
-    from workembed.eval.esco_tasks import read_split
+    from workembed.retrieval.esco_concepts import read_split
 
     skills, occupations = read_split(resolve_data_path(config.data.split))
     return skills | occupations
@@ -132,7 +132,7 @@ def benchmark_keys(config: TrainConfig) -> frozenset[str]:
     ``data.benchmarks``)."""
     if config.data.benchmarks is None:
         return frozenset()
-    from workembed.eval.leakage import benchmark_texts, every_key
+    from workembed.retrieval.leakage import benchmark_texts, every_key
 
     return every_key(benchmark_texts(resolve_data_path(config.data.benchmarks)))
 

@@ -5,13 +5,13 @@ target ŷ_t,
 
     c_i = x̂_i · ŷ_t,        s(q, t) = Σ_i softmax_i(c_i / τ) · c_i        (softmax over the query's tokens)
 
-the torch counterpart of :func:`workembed.eval.scoring.late_interaction_scores`. To score as the evaluation
-does, leave [CLS]/[SEP] out of the mask with :func:`content_token_mask`.
+the torch counterpart of :func:`workembed.retrieval.scoring.late_interaction_scores`. To score as the
+evaluation does, leave [CLS]/[SEP] out of the mask with :func:`content_token_mask`.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from workembed.models.heads.registry import HeadConfig, register_head
 
 def content_token_mask(attention_mask: Tensor, special_tokens_mask: Tensor) -> Tensor:
     """The real tokens that are not special ([CLS], [SEP]); a row with no other token keeps its special
-    tokens (as :func:`workembed.eval.scoring.query_token_vectors` does)."""
+    tokens (as :func:`workembed.retrieval.embedding.query_token_vectors` does)."""
     real = attention_mask.bool()
     content = real & ~special_tokens_mask.bool()
     empty = ~content.any(dim=1, keepdim=True)
@@ -54,10 +54,8 @@ def token_attention(cosines: Tensor, mask: Tensor, temperature: float) -> tuple[
     return scores, weights
 
 
-@register_head("late-interaction")
-class SoftLateInteraction(nn.Module):
-    """Scores ``[B_q, B_t]`` of query token outputs ``[B_q, T, H]`` (``mask [B_q, T]``) against pooled
-    targets ``[B_t, H]``: s(q, t) = Σ_i softmax_i(c_i / τ) · c_i with c_i = cos(x_i, y_t)."""
+class TemperatureHead(nn.Module):
+    """A parameter-free token head whose one setting is the softmax temperature τ."""
 
     config_fields: ClassVar[tuple[str, ...]] = ("temperature",)
     required_fields: ClassVar[tuple[str, ...]] = ()
@@ -69,8 +67,14 @@ class SoftLateInteraction(nn.Module):
         self.temperature = temperature
 
     @classmethod
-    def from_config(cls, config: HeadConfig, hidden_size: int) -> SoftLateInteraction:
+    def from_config(cls, config: HeadConfig, hidden_size: int) -> Self:
         return cls(config.temperature)
+
+
+@register_head("late-interaction")
+class SoftLateInteraction(TemperatureHead):
+    """Scores ``[B_q, B_t]`` of query token outputs ``[B_q, T, H]`` (``mask [B_q, T]``) against pooled
+    targets ``[B_t, H]``: s(q, t) = Σ_i softmax_i(c_i / τ) · c_i with c_i = cos(x_i, y_t)."""
 
     def forward(self, hidden: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
         keep = check_tokens(hidden, mask)

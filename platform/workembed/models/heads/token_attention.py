@@ -2,7 +2,8 @@
 
 The match score of a sentence and a skill is the soft late interaction score
 s(x, y) = Σ_i softmax_i(c_i / τ) · c_i with c_i = cos(x_i, y), the score that
-:func:`workembed.eval.extraction.token_attention_scores` thresholds. Besides the scores, the head returns
+:func:`workembed.retrieval.skill_extraction.token_attention_scores`
+thresholds. Besides the scores, the head returns
 what serving and the redundancy filter need: the attention weights of each token per skill (which tokens
 matched) and each token's best skill ``argmax_j c_{i,j}`` (ties: the lower skill index).
 """
@@ -10,13 +11,12 @@ matched) and each token's best skill ``argmax_j c_{i,j}`` (ties: the lower skill
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from workembed.models.heads.late_interaction import token_attention, token_cosines
+from workembed.models.heads.late_interaction import TemperatureHead, token_attention, token_cosines
 from workembed.models.heads.pooling import check_tokens
-from workembed.models.heads.registry import HeadConfig, register_head
+from workembed.models.heads.registry import register_head
 
 
 @dataclass(frozen=True)
@@ -30,21 +30,8 @@ class TokenAttentionOutput:
 
 
 @register_head("token-attention")
-class TokenAttentionMatch(nn.Module):
+class TokenAttentionMatch(TemperatureHead):
     """Sentence token outputs ``[B, T, H]`` (``mask [B, T]``) against skill vectors ``[N, H]``."""
-
-    config_fields: ClassVar[tuple[str, ...]] = ("temperature",)
-    required_fields: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, temperature: float = 0.05):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
-
-    @classmethod
-    def from_config(cls, config: HeadConfig, hidden_size: int) -> TokenAttentionMatch:
-        return cls(config.temperature)
 
     def forward(self, hidden: Tensor, mask: Tensor, skills: Tensor) -> TokenAttentionOutput:
         keep = check_tokens(hidden, mask)

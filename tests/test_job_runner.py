@@ -1,0 +1,148 @@
+"""`workembed pipeline run` submits stages as Ray jobs to a real local Ray head, stops at the first failure,
+resumes a run without re-running finished stages, and addresses outputs by run id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.conftest import environ, free_port
+from workembed import services
+from workembed.job_runner import PipelineConfig, PipelineError, read_state, run_pipeline, stages_to_run
+
+ADS = [
+    {"id": "p1", "title": "Python developer", "body": "You write clean Python code daily."},
+    {"id": "p2", "title": "Database administrator", "body": "You maintain PostgreSQL databases."},
+]
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A real Ray head (Jobs API on 127.0.0.1) started and stopped by `workembed services`."""
+    state = tmp_path_factory.mktemp("pipeline-ray")
+    config = services.ServicesConfig.model_validate(
+        {
+            "state_dir": str(state),
+            "mlflow": {"enabled": False},
+            "s3": {"enabled": False},
+            "ray": {
+                "port": free_port(),
+                "dashboard_port": free_port(),
+                "client_port": free_port(),
+                "agent_port": free_port(),
+                "num_cpus": 6,
+            },
+        }
+    )
+    urls = services.up(config, log=lambda _: None)
+    with environ(services.ray_auth_env(config)):
+        yield urls["ray"]
+    services.down(config, log=lambda _: None)
+
+
+def _ingest_config(tmp_path: Path) -> Path:
+    ads = tmp_path / "ads.jsonl"
+    ads.write_text("".join(json.dumps(ad) + "\n" for ad in ADS), encoding="utf-8")
+    config = {
+        "esco": {"location": "builtin"},
+        "sources": [
+            {
+                "name": "tiny",
+                "paths": [str(ads)],
+                "format": "jsonl",
+                "language": "en",
+                "columns": {"ad_id": "id", "title": "title", "description": "body"},
+            }
+        ],
+        "ground": {"dense": False},
+        "graph": {"matching": False},
+        "ray": {"address": "auto"},
+    }
+    path = tmp_path / "ingest.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def _pipeline(tmp_path: Path, ray_head: str, ingest_set: list[str]) -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "address": ray_head,
+            "run_id": "r1",
+            "state_dir": str(tmp_path / "state"),
+            "poll_s": 0.5,
+            "runtime_env": {"working_dir": str(Path.cwd())},
+            "stages": [
+                {
+                    "name": "ingest",
+                    "config": str(_ingest_config(tmp_path)),
+                    "set": ["run_id={run_id}", *ingest_set],
+                }
+            ],
+        }
+    )
+
+
+@pytest.mark.slow
+def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path):
+    lines: list[str] = []
+    broken = _pipeline(tmp_path, ray_head, ["output=" + str(tmp_path / "out"), "no_such_field=1"])
+    with pytest.raises(PipelineError) as failure:
+        run_pipeline(broken, log=lines.append)
+    message = str(failure.value)
+    assert "stage 'ingest' failed (job r1-ingest-1)" in message
+    assert "no_such_field" in message  # the job's own error, from its log
+    assert "--resume r1" in message
+    assert read_state(broken, "r1")["stages"]["ingest"]["status"] == "FAILED"
+    assert not (tmp_path / "out").exists()
+
+    with pytest.raises(PipelineError, match="exists: resume it with --resume r1"):
+        run_pipeline(broken, log=lines.append)  # a run id is never reused by a new run
+
+    fixed = _pipeline(tmp_path, ray_head, ["output=" + str(tmp_path / "out")])
+    state = run_pipeline(fixed, resume="r1", log=lines.append)
+    entry = state["stages"]["ingest"]
+    assert (entry["status"], entry["job_id"], entry["attempt"]) == ("SUCCEEDED", "r1-ingest-2", 2)
+    assert "--set run_id=r1" in entry["entrypoint"]
+    ads = pq.read_table(tmp_path / "out" / "r1" / "job_ads").to_pylist()
+    assert sorted(ad["ad_id"] for ad in ads) == ["tiny:p1", "tiny:p2"]
+    assert any("ingest" in line for line in lines if line.startswith("  "))  # the job log was streamed
+
+    assert stages_to_run(fixed, read_state(fixed, "r1"), None) == []
+    with pytest.raises(PipelineError, match="already succeeded and would be overwritten"):
+        run_pipeline(fixed, resume="r1", start="ingest", log=lines.append)
+
+
+def test_stage_order_rules(tmp_path):
+    config = PipelineConfig.model_validate(
+        {
+            "stages": [
+                {"name": "ingest", "config": "jobs/configs/ingest.yaml"},
+                {"name": "train", "config": "jobs/configs/train.yaml", "set": ["run_name={run_id}"]},
+            ]
+        }
+    )
+    state = {"run_id": "r", "stages": {"ingest": {"status": "SUCCEEDED"}, "train": {"status": "FAILED"}}}
+    assert [s.name for s in stages_to_run(config, state, None)] == ["train"]
+    assert [s.name for s in stages_to_run(config, state, "train")] == ["train"]
+    with pytest.raises(PipelineError, match="already succeeded"):
+        stages_to_run(config, state, "ingest")
+    with pytest.raises(PipelineError, match="earlier stage"):
+        stages_to_run(config, {"run_id": "r", "stages": {}}, "train")
+    with pytest.raises(PipelineError, match="not a stage"):
+        stages_to_run(config, state, "serve")
+    assert config.stages[1].entrypoint("r7", Path("/p")) == (
+        "python -m jobs.train -c jobs/configs/train.yaml --set run_name=r7"
+    )
+
+
+def test_unknown_or_repeated_stage_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown stage"):
+        PipelineConfig.model_validate({"stages": [{"name": "nope", "config": "x.yaml"}]})
+    with pytest.raises(ValueError, match="listed twice"):
+        PipelineConfig.model_validate(
+            {"stages": [{"name": "ingest", "config": "a.yaml"}, {"name": "ingest", "config": "b.yaml"}]}
+        )
