@@ -29,7 +29,7 @@ BENCH_ARGS ?=
 REFERENCE_ARGS ?=
 
 .PHONY: setup demo test test-unit test-integration bench reference lint format docs services-up services-down \
-	services-status k8s-sync k8s-validate clean
+	services-status k8s-sync k8s-validate k8s-credentials k8s-pin clean
 
 setup: $(STAMP)
 
@@ -94,6 +94,19 @@ k8s-sync: setup
 
 k8s-validate: setup
 	$(BIN)/python -m workembed.deploy.k8s validate
+
+# The local overlay's credential files (gitignored), from their committed examples with random values:
+# written when missing (rendering does so too); ROTATE=1 writes new ones (docs/kubernetes.md, Security).
+k8s-credentials: setup
+	$(BIN)/python -m workembed.deploy.k8s credentials $(if $(ROTATE),--rotate)
+
+# A release of the gpu overlay, every image pinned by digest: IMAGE_DIGESTS names a file of
+# IMAGE@sha256:<digest> lines; the manifests go to K8S_RELEASE. Refuses without a digest for every image.
+IMAGE_DIGESTS ?=
+K8S_RELEASE ?= build/k8s/gpu.yaml
+k8s-pin: setup
+	@test -n "$(IMAGE_DIGESTS)" || { echo "make k8s-pin: set IMAGE_DIGESTS=FILE (IMAGE@sha256:... per line)" >&2; exit 2; }
+	$(BIN)/python -m workembed.deploy.k8s release --digests "$(IMAGE_DIGESTS)" --output "$(K8S_RELEASE)"
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache platform/*.egg-info

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workembed.batch_extraction import BatchExtractConfig, run_batch_extract
+from workembed.errors import RunFolderError
 from workembed.models import resolve_model_path
 from workembed.models.extraction_settings import ExtractionSettings, write_extraction_settings
 
@@ -71,6 +72,23 @@ def test_batch_extract_writes_spans_and_quarantines(ray_session, calibrated_mini
     (reject,) = pq.read_table(tmp_path / "out/nightly/rejects").to_pylist()
     assert reject["stage"] == "extract" and "no usable text" in reject["reason"]
     assert json.loads(reject["raw"]) == {"ad_id": "a2", "title": "", "description": "   "}
+
+
+def test_a_run_folder_that_holds_files_is_refused_before_any_work(calibrated_minilm, tmp_path):
+    stale = tmp_path / "out" / "nightly" / "extractions" / "old.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    config = BatchExtractConfig(
+        model=str(calibrated_minilm),
+        input=str(tmp_path / "none.parquet"),
+        output=str(tmp_path / "out"),
+        run_id="nightly",
+        esco="builtin",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(RunFolderError, match="run folder .*/out/nightly already holds files"):
+        run_batch_extract(config, log=lambda _: None)
+    assert stale.read_bytes() == b"stale"
 
 
 @pytest.mark.integration

@@ -64,6 +64,45 @@ def test_embed_errors(capsys, tmp_path, monkeypatch):
     assert code == 2 and "TEXT arguments" in err
 
 
+def test_a_user_error_is_one_line_and_exit_code_2(capsys, tmp_path):
+    code, out, err = run(capsys, "esco", "stats", "--esco", str(tmp_path / "none"))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [f"workembed: error: ESCO location not found: '{tmp_path / 'none'}'"]
+
+
+@pytest.mark.parametrize(
+    "bug", [ValueError("operands could not be broadcast"), RuntimeError("bad state"), KeyError("x")]
+)
+def test_a_bug_is_not_reported_as_a_user_error(capsys, monkeypatch, bug):
+    """Built-in exceptions (a ValueError included) are bugs: they propagate with their traceback (exit 1), not
+    as ``workembed: error:`` with exit code 2."""
+
+    def broken(args):
+        raise bug
+
+    monkeypatch.setattr("workembed.cli.cmd_esco_stats", broken)
+    with pytest.raises(type(bug)) as raised:
+        main(["esco", "stats", "--esco", "builtin"])
+    assert raised.value is bug
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_bug_in_the_command_line_exits_1_with_a_traceback(tmp_path):
+    """As a process: the traceback on stderr and exit code 1."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, workembed.cli as cli\n"
+        "cli.cmd_esco_stats = lambda args: {}['missing']\n"
+        "sys.exit(cli.main(['esco', 'stats']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'missing'" in done.stderr
+    assert "workembed: error:" not in done.stderr
+
+
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])

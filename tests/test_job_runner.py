@@ -38,10 +38,10 @@ def ray_head(tmp_path_factory):
             },
         }
     )
-    urls = services.up(config, log=lambda _: None)
+    urls = services.up(config)
     with environ(services.ray_auth_env(config)):
         yield urls["ray"]
-    services.down(config, log=lambda _: None)
+    services.down(config)
 
 
 def _ingest_config(tmp_path: Path) -> Path:

@@ -2,6 +2,7 @@
 skipping every step whose output is already there."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_training_time_is_the_logged_steps_mean_time_times_the_steps():
     )
 
 
-def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
+def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     tasks = tmp_path / "eval-tasks"
     (tasks / "esco").mkdir(parents=True)
@@ -169,8 +170,9 @@ def test_the_recipe_skips_every_step_whose_output_exists(tmp_path, monkeypatch):
         tasks=str(tasks),
         out=str(out),
     )
-    said = []
-    result = run_reference(config, log=said.append)
+    caplog.set_level(logging.INFO, logger="workembed")
+    result = run_reference(config)
+    said = [record.getMessage() for record in caplog.records if record.name == "workembed.reference"]
     assert said == [f"model card: {out / CARD_FILE}"]  # nothing but the card was made
     card = (out / CARD_FILE).read_text()
     assert "precision 0.500, recall 1.000" in card

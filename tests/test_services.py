@@ -40,7 +40,7 @@ def _tree(pid):
 
 @pytest.mark.integration
 def test_services_up_answer_and_down_leaves_nothing(config, capsys):
-    urls = services.up(config, log=lambda _: None)
+    urls = services.up(config)
     try:
         assert set(urls) == {"s3", "mlflow", "ray"}
         assert all(url.startswith("http://127.0.0.1:") for url in urls.values())
@@ -71,7 +71,7 @@ def test_services_up_answer_and_down_leaves_nothing(config, capsys):
             assert json.load(r)["experiments"][0]["name"] == "Default"
 
         # a second `up` starts nothing new
-        services.up(config, log=lambda _: None)
+        services.up(config)
         assert services.status(config)["ray"]["pid"] == report["ray"]["pid"]
 
         # `ray job submit` reaches the head with the token the env file names
@@ -97,7 +97,7 @@ def test_services_up_answer_and_down_leaves_nothing(config, capsys):
         env_file = (Path(config.state_dir) / "env").read_text()
         assert f"export MLFLOW_TRACKING_URI={urls['mlflow']}" in env_file
     finally:
-        stopped = services.down(config, log=lambda _: None)
+        stopped = services.down(config)
     assert stopped == ["ray", "mlflow", "s3"]
     assert [p.pid for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     assert services.status(config) == {
@@ -113,7 +113,7 @@ def test_taken_port_is_a_clear_error(config):
         busy.bind(("127.0.0.1", config.s3.port))
         busy.listen()
         with pytest.raises(services.ServiceError, match=f"port {config.s3.port} .* is taken"):
-            services.up(config, log=lambda _: None)
+            services.up(config)
     assert services.status(config)["s3"]["running"] is False
 
 

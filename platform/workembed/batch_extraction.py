@@ -9,7 +9,8 @@ the alias moves mid-run, and each output row records it. The driver embeds the E
 Output under ``<output>/<run_id>/``: ``extractions`` (Parquet: ``ad_id``, ``title``, ``model_version``,
 ``occupations`` (top-k: id, label, score), ``sentences`` (sentence, start, end, skills with id, label, score
 and character spans)), ``rejects`` (Parquet: stage, reason, raw) for ads without text or that fail, and
-``summary.json``, where rows in = rows out + rows rejected.
+``summary.json``, where rows in = rows out + rows rejected. The run folder is opened by
+:func:`workembed.runs.open_run`: one that holds files is refused unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +26,7 @@ from pydantic import Field
 
 from workembed.config import Config, resolve_data_path
 from workembed.data.config import RayConfig
+from workembed.runs import open_run
 
 Log = Callable[[str], None]
 STAGE = "extract"
@@ -70,7 +71,12 @@ class BatchExtractConfig(Config):
     output: str = Field(
         "runs/extract", description="Output root (local or s3://); results in <output>/<run_id>."
     )
-    run_id: str | None = Field(None, description="Output folder name; null: a new timestamped id.")
+    run_id: str | None = Field(None, description="Output folder name; null: a new extract-<UTC time> id.")
+    overwrite: bool = Field(
+        False,
+        description="Empty a run folder that already holds files (false: such a folder is an error; an "
+        "empty one is reused).",
+    )
     esco: str | None = Field(None, description="Taxonomy of the target spaces; null: the serving default.")
     title_k: int = Field(3, ge=1, description="ESCO occupations kept per ad title.")
     max_length: int = Field(128, ge=8, description="Tokens per sentence; longer ones are truncated.")
@@ -154,9 +160,6 @@ def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dic
 
     log = log or _stderr
     started = time.perf_counter()
-    run_id = config.run_id or time.strftime("extract-%Y%m%d-%H%M%S", time.gmtime())
-    root = config.output if "://" in config.output else str(Path(config.output).expanduser().resolve())
-    out = f"{root.rstrip('/')}/{run_id}"
     model = ServedModel(config.model, config.serve_config(config.model))  # pins the version
     if model.settings is None:
         raise ValueError(
@@ -164,6 +167,8 @@ def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dic
             "with `workembed models register` (which calibrates it) before extracting with it"
         )
     version = model.version
+    run = open_run(config.output, config.run_id, "extract", overwrite=config.overwrite)
+    run_id, out = run.run_id, run.path
     log(f"extracting with {version} (threshold {model.settings.threshold:.3f}) into {out}")
     model.warm()  # target spaces embedded once here; the actors read them from the disk cache
     del model
@@ -190,9 +195,9 @@ def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dic
         lambda row: {"stage": STAGE, "reason": row["error"], "raw": row["raw"]}
     )
     rows_in, rows_out, rejected = extracted.count(), good.count(), bad.count()
-    good.write_parquet(f"{out}/extractions")
+    good.write_parquet(run.join("extractions"))
     if rejected:
-        bad.write_parquet(f"{out}/rejects")
+        bad.write_parquet(run.join("rejects"))
     summary = {
         "run_id": run_id,
         "output": out,
@@ -204,7 +209,7 @@ def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dic
         "balanced": rows_in == rows_out + rejected,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    _write_json(f"{out}/summary.json", summary)
+    run.write_summary(summary)
     log(f"extract: {rows_in} ads in = {rows_out} out + {rejected} rejected ({summary['seconds']} s)")
     return summary
 
@@ -228,13 +233,6 @@ def _read_ads(config: BatchExtractConfig):
     renames = {old: new for old, new in source.items() if old != new}
     ads = ads.select_columns(list(source))
     return ads.rename_columns(renames) if renames else ads
-
-
-def _write_json(location: str, payload: dict[str, Any]) -> None:
-    import fsspec
-
-    with fsspec.open(location, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(payload, indent=2) + "\n")
 
 
 def _stderr(message: str) -> None:

@@ -1,20 +1,29 @@
 """The ``workembed`` command line.
 
 Every command that has settings takes ``-c FILE`` (YAML), ``--profile NAME`` and repeated ``--set key=value``;
-command-specific flags are shortcuts for ``--set``. Results go to stdout as JSON, progress and logs to stderr.
+command-specific flags are shortcuts for ``--set``. Results go to stdout as JSON, progress and logs to stderr
+(``-q`` / ``-v`` before the command: fewer / more of them; ``--log-file FILE``: all of it, libraries too).
+
+An error the user can act on (:class:`workembed.errors.WorkembedError`: a bad config, input, dataset, registry
+state) is one line on stderr and exit code 2; any other exception is a bug and shows its traceback (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import Field
 
-from workembed.config import Config, ConfigError, add_config_args, config_from_args
+from workembed.config import Config, add_config_args, config_from_args
+from workembed.errors import InputError, WorkembedError
+from workembed.logs import add_logging_args, setup_logging_from_args
+
+logger = logging.getLogger(__name__)
 
 
 class EmbedConfig(Config):
@@ -48,7 +57,7 @@ def cmd_embed(args: argparse.Namespace) -> object:
     config = config_from_args(EmbedConfig, args, {"model": args.model})
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
-        raise ConfigError("embed: give TEXT arguments or lines on standard input")
+        raise InputError("embed: give TEXT arguments or lines on standard input")
     encoder = Encoder(
         config.model, max_length=config.max_length, batch_size=config.batch_size, normalize=config.normalize
     )
@@ -78,7 +87,7 @@ def cmd_eval_run(args: argparse.Namespace) -> object:
         "out": args.out,
     }
     config = config_from_args(EvalConfig, args, shortcuts)
-    return run_eval(config, log=lambda message: print(message, file=sys.stderr))
+    return run_eval(config)
 
 
 def cmd_eval_build_tasks(args: argparse.Namespace) -> object:
@@ -107,7 +116,7 @@ def cmd_eval_extraction(args: argparse.Namespace) -> object:
         "out": args.out,
     }
     config = config_from_args(ExtractionEvalConfig, args, shortcuts)
-    return run_extraction_eval(config, log=lambda message: print(message, file=sys.stderr))
+    return run_extraction_eval(config)
 
 
 def cmd_eval_matching(args: argparse.Namespace) -> object:
@@ -120,7 +129,7 @@ def cmd_eval_matching(args: argparse.Namespace) -> object:
         "out": args.out,
     }
     config = config_from_args(MatchingEvalConfig, args, shortcuts)
-    return run_matching_eval(config, log=lambda message: print(message, file=sys.stderr))
+    return run_matching_eval(config)
 
 
 def cmd_run(args: argparse.Namespace) -> object:
@@ -133,13 +142,12 @@ def cmd_services(args: argparse.Namespace) -> object:
     from workembed import services
 
     config = config_from_args(services.ServicesConfig, args)
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
     if args.action == "up":
-        urls = services.up(config, log=log)
-        log(f"environment for clients: source {Path(config.state_dir) / 'env'}")
+        urls = services.up(config)
+        logger.info("environment for clients: source %s", Path(config.state_dir) / "env")
         return urls
     if args.action == "down":
-        return {"stopped": services.down(config, log=log)}
+        return {"stopped": services.down(config)}
     return services.status(config)
 
 
@@ -157,7 +165,6 @@ def cmd_models_register(args: argparse.Namespace) -> object:
         model_dir=args.model,
         run_id=args.run,
         report=args.report,
-        log=lambda message: print(message, file=sys.stderr),
     )
 
 
@@ -167,13 +174,7 @@ def cmd_models_promote(args: argparse.Namespace) -> object:
 
     config = registry_config(args)
     try:
-        return promote(
-            config,
-            args.version,
-            args.alias,
-            force=args.force,
-            log=lambda message: print(message, file=sys.stderr),
-        )
+        return promote(config, args.version, args.alias, force=args.force)
     except PromotionRefused as refused:  # the refused decision is the result; the exit code says refused
         json.dump(refused.result, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -195,9 +196,7 @@ def cmd_models_show(args: argparse.Namespace) -> object:
 def cmd_models_rollback(args: argparse.Namespace) -> object:
     from workembed.registry import rollback
 
-    return rollback(
-        registry_config(args), args.alias, to=args.to, log=lambda message: print(message, file=sys.stderr)
-    )
+    return rollback(registry_config(args), args.alias, to=args.to)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -205,6 +204,7 @@ def cmd_models_rollback(args: argparse.Namespace) -> object:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workembed", description=__doc__.splitlines()[0])
+    add_logging_args(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     esco = commands.add_parser("esco", help="inspect the ESCO taxonomy")
@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stage", choices=sorted(STAGES), help="; ".join(f"{s.name}: {s.help}" for s in STAGES.values())
     )
     add_config_args(run)
+    add_logging_args(run, after_command=True)
     run.set_defaults(handler=cmd_run)
 
     add_models_parser(commands)
@@ -374,11 +375,16 @@ DEFAULT_SUBCOMMANDS = {"eval": "run"}
 
 def with_default_subcommand(argv: Sequence[str]) -> list[str]:
     """``eval --dataset D`` → ``eval run --dataset D``: a command with sub-commands followed by an option
-    (other than -h/--help) or by nothing gets its default sub-command inserted."""
+    (other than -h/--help) or by nothing gets its default sub-command inserted (after the logging options
+    that may come first, e.g. ``-q eval --dataset D``)."""
     args = list(argv)
-    if args and args[0] in DEFAULT_SUBCOMMANDS:
-        if len(args) == 1 or (args[1].startswith("-") and args[1] not in ("-h", "--help")):
-            args.insert(1, DEFAULT_SUBCOMMANDS[args[0]])
+    at = 0
+    while at < len(args) and args[at].startswith("-"):  # -q, -vv, --log-file FILE, --log-file=FILE
+        at += 2 if args[at] == "--log-file" else 1
+    if at < len(args) and args[at] in DEFAULT_SUBCOMMANDS:
+        rest = args[at + 1 :]
+        if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
+            args.insert(at + 1, DEFAULT_SUBCOMMANDS[args[at]])
     return args
 
 
@@ -415,10 +421,11 @@ def add_pipeline_parser(commands) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(with_default_subcommand(argv))
+    setup_logging_from_args(args)
     handler: Callable[[argparse.Namespace], object] = args.handler
     try:
         result = handler(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+    except WorkembedError as err:  # the user's to fix; anything else is a bug and keeps its traceback
         print(f"workembed: error: {err}", file=sys.stderr)
         return 2
     try:
@@ -431,7 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def stage_main(name: str, argv: Sequence[str] | None = None) -> int:
-    """``python -m jobs.<name> -c CONFIG [--profile P] [--set k=v ...]``: ``workembed run <name> ...``."""
+    """``python -m jobs.<name> [-q|-v] -c CONFIG [--profile P] [--set k=v ...]``: ``workembed run <name> ...``
+    (which sets up logging the same way)."""
     return main(["run", name, *(sys.argv[1:] if argv is None else argv)])
 
 

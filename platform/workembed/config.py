@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from workembed.errors import ConfigError
+
 DATA_DIR_ENV = "WORKEMBED_DATA_DIR"
 SERVICE_ENV = (
     "MLFLOW_TRACKING_URI",
@@ -37,10 +39,6 @@ SERVICE_ENV = (
 PROFILES_KEY = "profiles"
 
 C = TypeVar("C", bound="Config")
-
-
-class ConfigError(ValueError):
-    """A configuration could not be loaded: the message names the key and its source."""
 
 
 class Config(BaseModel):

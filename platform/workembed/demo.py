@@ -151,6 +151,7 @@ def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = R
     from workembed import services
     from workembed.config import load_config
     from workembed.job_runner import PipelineConfig, PipelineError, run_pipeline
+    from workembed.runs import new_run_id
 
     started_at = time.monotonic()
     config = services.ServicesConfig()
@@ -159,7 +160,7 @@ def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = R
     urls = services.up(config, log=lambda line: say(f"  {line}"))
     env = services.client_env(config)
     os.environ.update(env)
-    run_id = time.strftime("demo-%Y%m%d-%H%M%S", time.gmtime())
+    run_id = new_run_id("demo")
     try:
         say(f"\n== sample data ({esco}) under {DEMO_ROOT / 'data'}")
         for name, path in prepare(DEMO_ROOT, esco).items():

@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from workembed.config import SERVICE_ENV, Config, ConfigError
+from workembed.runs import new_run_id
 
 Log = Callable[[str], None]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -241,7 +242,7 @@ def run_pipeline(
         state = read_state(config, resume)
         run_id = resume
     else:
-        run_id = config.run_id or time.strftime("pipeline-%Y%m%d-%H%M%S", time.gmtime())
+        run_id = config.run_id or new_run_id("pipeline")
         if state_path(config, run_id).exists():
             raise PipelineError(f"pipeline run '{run_id}' exists: resume it with --resume {run_id}")
         state = {"run_id": run_id, "stages": {}}

@@ -22,6 +22,7 @@ training run resumes from its last checkpoint):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,7 +34,8 @@ from pydantic import Field
 from workembed.config import Config, load_config
 from workembed.model_card import ESCO_TASKS
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 DEV_SETS = ("skill-extraction-house", "skill-extraction-tech", "skillskape-dev", "jobbert-titles")
 EXTRACTION_SETS = ("skill-extraction-house", "skill-extraction-tech")
 CURVE_METRICS = ("loss", "lr", "pairs_per_s")
@@ -83,20 +85,19 @@ class ReferenceConfig(Config):
     gate_tolerance: float = Field(0.005, ge=0, description="Largest allowed drop of a gated metric.")
 
 
-def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, Any]:
+def run_reference(config: ReferenceConfig) -> dict[str, Any]:
     """Run the recipe's steps that are not done yet; returns where everything is."""
-    say = log or (lambda message: print(f"[reference] {message}", file=sys.stderr, flush=True))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = Path(config.tasks)
-    build_tasks(config, tasks, say)
-    edges = ingest(config, say)
+    build_tasks(config, tasks)
+    edges = ingest(config)
     train_config = training_config(config, edges, tasks)
-    model = train(train_config, say)
-    fit_filter(config, model, say)
-    reports = evaluate(config, model, tasks, out, say)
-    comparison = compare_heads(config, edges, tasks, out, say)
-    registry = register(config, model, tasks, out, say)
+    model = train(train_config)
+    fit_filter(config, model)
+    reports = evaluate(config, model, tasks, out)
+    comparison = compare_heads(config, edges, tasks, out)
+    registry = register(config, model, tasks, out)
     from workembed.model_card import CardInputs, write_model_card
 
     run = _mlflow_run(train_config, model)
@@ -118,24 +119,24 @@ def run_reference(config: ReferenceConfig, log: Log | None = None) -> dict[str, 
         ),
         out,
     )
-    say(f"model card: {card}")
+    logger.info("model card: %s", card)
     return {"model": str(model), "card": str(card), "reports": {k: str(out / f"{k}.json") for k in reports}}
 
 
-def build_tasks(config: ReferenceConfig, tasks: Path, say: Log) -> None:
+def build_tasks(config: ReferenceConfig, tasks: Path) -> None:
     from workembed.eval.converters import ConvertConfig, run_convert
     from workembed.eval.esco_tasks import BuildTasksConfig, run_build_tasks
     from workembed.taxonomy import EscoConfig
 
     if not (tasks / "esco" / "split.json").is_file():
-        say(f"building the ESCO evaluation tasks into {tasks / 'esco'}")
+        logger.info("building the ESCO evaluation tasks into %s", tasks / "esco")
         run_build_tasks(BuildTasksConfig(esco=EscoConfig(location=config.esco), out=str(tasks / "esco")))
     if not all((tasks / "benchmarks" / name).is_dir() for name in DEV_SETS):
-        say(f"converting the development sets into {tasks / 'benchmarks'}")
+        logger.info("converting the development sets into %s", tasks / "benchmarks")
         run_convert(ConvertConfig(esco=EscoConfig(location=config.esco), out=str(tasks / "benchmarks")))
 
 
-def ingest(config: ReferenceConfig, say: Log) -> Path:
+def ingest(config: ReferenceConfig) -> Path:
     """The ingest run's ``edges`` folder (ingesting first unless its summary is there)."""
     from workembed.data.config import IngestConfig
     from workembed.data.ingest import run_stage
@@ -143,7 +144,7 @@ def ingest(config: ReferenceConfig, say: Log) -> Path:
     ingest_config = load_config(IngestConfig, config.ingest, [f"run_id={config.name}", *config.ingest_set])
     run = Path(ingest_config.output) / config.name
     if not (run / "summary.json").is_file():
-        say(f"ingesting every job-ad set into {run}")
+        logger.info("ingesting every job-ad set into %s", run)
         run_stage(ingest_config)
     return (run / "edges").resolve()
 
@@ -172,28 +173,31 @@ def tracking_uri(config: ReferenceConfig) -> str:
     return f"sqlite:///{store.resolve()}"
 
 
-def train(train_config, say: Log) -> Path:
+def train(train_config) -> Path:
     """The model folder (training first, or resuming, unless it is there)."""
     from workembed.train.trainer import run_train
 
     model = (Path(train_config.output) / train_config.run_name).resolve()
     if not (model / "workembed.json").is_file():
-        say(
-            f"training {train_config.run_name}: {train_config.steps} steps of {train_config.batch_size} pairs"
+        logger.info(
+            "training %s: %d steps of %d pairs",
+            train_config.run_name,
+            train_config.steps,
+            train_config.batch_size,
         )
-        run_train(train_config, log=say)
+        run_train(train_config)
     return model
 
 
-def fit_filter(config: ReferenceConfig, model: Path, say: Log) -> None:
+def fit_filter(config: ReferenceConfig, model: Path) -> None:
     from workembed.train.skill_filter import SkillFilterConfig, run_skill_filter
 
     if not (model / "skill_filter.json").is_file():
-        say("fitting the non-skill sentence filter")
-        run_skill_filter(load_config(SkillFilterConfig, config.filter, [f"model={model}", "out=null"]), say)
+        logger.info("fitting the non-skill sentence filter")
+        run_skill_filter(load_config(SkillFilterConfig, config.filter, [f"model={model}", "out=null"]))
 
 
-def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path) -> dict[str, Any]:
     """The four reports (model, zero-shot; ranking and extraction), computed unless already written."""
     from workembed.eval.extraction_benchmark import ExtractionEvalConfig, run_extraction_eval
     from workembed.eval.runner import EvalConfig, run_eval
@@ -202,20 +206,19 @@ def evaluate(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
     extraction = folders(tasks, "benchmarks", EXTRACTION_SETS)
     runs = {
         "model": lambda path: run_eval(
-            EvalConfig(model=str(model), datasets=datasets, baselines=True, out=str(path)), say
+            EvalConfig(model=str(model), datasets=datasets, baselines=True, out=str(path))
         ),
         "zero-shot": lambda path: run_eval(
-            EvalConfig(model=config.zero_shot, datasets=datasets, out=str(path)), say
+            EvalConfig(model=config.zero_shot, datasets=datasets, out=str(path))
         ),
         "model-extraction": lambda path: run_extraction_eval(
             ExtractionEvalConfig(model=str(model), datasets=extraction, skill_filter="model", out=str(path)),
-            say,
         ),
         "zero-shot-extraction": lambda path: run_extraction_eval(
-            ExtractionEvalConfig(model=config.zero_shot, datasets=extraction, out=str(path)), say
+            ExtractionEvalConfig(model=config.zero_shot, datasets=extraction, out=str(path))
         ),
     }
-    return {name: cached_report(out / f"{name}.json", run, say) for name, run in runs.items()}
+    return {name: cached_report(out / f"{name}.json", run) for name, run in runs.items()}
 
 
 def folders(tasks: Path, group: str, names: Sequence[str]) -> list[str]:
@@ -223,10 +226,10 @@ def folders(tasks: Path, group: str, names: Sequence[str]) -> list[str]:
     return [str(tasks / group / name) for name in names]
 
 
-def cached_report(path: Path, run: Callable[[Path], Any], say: Log) -> dict[str, Any]:
+def cached_report(path: Path, run: Callable[[Path], Any]) -> dict[str, Any]:
     """The JSON report at ``path``, written by ``run(path)`` first unless it is already there."""
     if not path.is_file():
-        say(f"evaluating: {path.stem}")
+        logger.info("evaluating: %s", path.stem)
         run(path)
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -234,7 +237,7 @@ def cached_report(path: Path, run: Callable[[Path], Any], say: Log) -> dict[str,
 COMPARE_SETS = ("skillskape-dev",)
 
 
-def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path) -> dict[str, Any]:
     """Each head of ``heads`` trained ``compare_steps`` steps (run ``<name>-<head>``) and evaluated on
     SkillSkape dev and the held-apart ESCO tasks (late interaction scored as it trains); reports by head."""
     from workembed.eval.runner import EvalConfig, run_eval
@@ -250,7 +253,7 @@ def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, 
                 f"model.head={json.dumps(head.model_dump(exclude_defaults=True) | {'name': head.name})}",
             ]
             renamed = config.model_copy(update={"name": f"{config.name}-{head.name}"})
-            model = train(training_config(renamed, edges, tasks, overrides), say)
+            model = train(training_config(renamed, edges, tasks, overrides))
             scorer = "late-interaction" if head.name in TOKEN_HEADS else "cosine"
             evaluation = EvalConfig(
                 model=str(model),
@@ -259,18 +262,18 @@ def compare_heads(config: ReferenceConfig, edges: Path, tasks: Path, out: Path, 
                 temperature=head.temperature,
                 out=str(path),
             )
-            return run_eval(evaluation, say)
+            return run_eval(evaluation)
 
         return run
 
     heads = [HeadConfig.model_validate(settings) for settings in config.heads]
     return {
-        head.name: cached_report(out / "heads" / f"{head.name}.json", trained_and_evaluated(head), say)
+        head.name: cached_report(out / "heads" / f"{head.name}.json", trained_and_evaluated(head))
         for head in heads
     }
 
 
-def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: Log) -> dict[str, Any]:
+def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path) -> dict[str, Any]:
     """Register ``model`` and promote it through the gate, unless ``<out>/registry.json`` records that this
     was done; returns that record (registered model, version, tracking URI, threshold, gate decision)."""
     from workembed.registry.config import CalibrationConfig, GateConfig, RegistryConfig
@@ -290,13 +293,13 @@ def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path, say: 
             tolerance=config.gate_tolerance,
         ),
     )
-    say(f"registering {model} as a version of {registry.name}")
-    version = register_model(registry, model_dir=model, report=out / "model.json", log=say)
+    logger.info("registering %s as a version of %s", model, registry.name)
+    version = register_model(registry, model_dir=model, report=out / "model.json")
     try:
-        decision = promote(registry, version["version"], config.alias, log=say)
+        decision = promote(registry, version["version"], config.alias)
     except PromotionRefused as refused:
         decision = refused.result
-    say(f"gate: version {version['version']} {decision['decision']} ({config.alias})")
+    logger.info("gate: version %s %s (%s)", version["version"], decision["decision"], config.alias)
     record = {
         "tracking_uri": registry.tracking_uri,
         "name": registry.name,
@@ -358,12 +361,16 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m workembed.reference [-c jobs/configs/reference.yaml] [--set key=value ...]``."""
     import argparse
 
+    from workembed.logs import add_logging_args, setup_logging_from_args
+
     parser = argparse.ArgumentParser(
         prog="python -m workembed.reference", description=__doc__.splitlines()[0]
     )
     parser.add_argument("-c", "--config", default="jobs/configs/reference.yaml")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
+    add_logging_args(parser)
     args = parser.parse_args(argv)
+    setup_logging_from_args(args)
     result = run_reference(load_config(ReferenceConfig, args.config, args.overrides))
     print(json.dumps(result, indent=2))
     return 0

@@ -15,7 +15,6 @@ from typing import Any
 
 from workembed.eval.calibration import calibrate
 from workembed.eval.gate import gate_scores
-from workembed.log import Log
 from workembed.registry import jobs, promotion, register
 from workembed.registry.config import RegistryConfig
 
@@ -26,27 +25,24 @@ def register_model(
     model_dir: str | os.PathLike | None = None,
     run_id: str | None = None,
     report: str | os.PathLike | None = None,
-    log: Log | None = None,
 ) -> dict[str, Any]:
     """:func:`~workembed.registry.register.register_model`, calibrating the extraction threshold with
     ``workembed eval extraction``'s protocol."""
     return register.register_model(
-        config, calibrate=calibrate, model_dir=model_dir, run_id=run_id, report=report, log=log
+        config, calibrate=calibrate, model_dir=model_dir, run_id=run_id, report=report
     )
 
 
-def promote(
-    config: RegistryConfig, version: str | int, alias: str, *, force: bool = False, log: Log | None = None
-) -> dict[str, Any]:
+def promote(config: RegistryConfig, version: str | int, alias: str, *, force: bool = False) -> dict[str, Any]:
     """:func:`~workembed.registry.promotion.promote`, scoring the gate with ``workembed eval``'s runner."""
-    return promotion.promote(config, version, alias, gate_scores=gate_scores, force=force, log=log)
+    return promotion.promote(config, version, alias, gate_scores=gate_scores, force=force)
 
 
-def run_register(config: jobs.RegisterStageConfig, log: Log | None = None) -> dict[str, Any]:
+def run_register(config: jobs.RegisterStageConfig) -> dict[str, Any]:
     """The ``register`` stage: :func:`~workembed.registry.jobs.run_register` with the calibration."""
-    return jobs.run_register(config, log, calibrate=calibrate)
+    return jobs.run_register(config, calibrate=calibrate)
 
 
-def run_promote(config: jobs.PromoteStageConfig, log: Log | None = None) -> dict[str, Any]:
+def run_promote(config: jobs.PromoteStageConfig) -> dict[str, Any]:
     """The ``promote`` stage: :func:`~workembed.registry.jobs.run_promote` with the gate's scores."""
-    return jobs.run_promote(config, log, gate_scores=gate_scores)
+    return jobs.run_promote(config, gate_scores=gate_scores)

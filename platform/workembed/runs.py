@@ -1,7 +1,7 @@
 """Runs: ids, output folders (local or ``s3://``), the existing-folder policy and ``summary.json``.
 
-Every stage that writes a run folder (ingest, synthesize, batch extraction, training, the pipeline runner)
-opens it here, so they all behave alike:
+Every stage that writes a run folder (ingest, synthesize, batch extraction, training's model folder) opens
+it here, and the pipeline runner and the demo take their run ids here, so they all behave alike:
 
 - the run id is the configured one or ``<prefix>-<UTC time>``;
 - a local output root is made absolute (Ray workers run in another working directory), a URI is kept;
@@ -17,10 +17,16 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
 
 from workembed.config import is_uri
+from workembed.data.storage import filesystem_for, join, strip_scheme
 from workembed.errors import RunFolderError
+
+if TYPE_CHECKING:
+    from workembed.data.config import StorageConfig
 
 SUMMARY_FILE = "summary.json"
 
@@ -37,11 +43,6 @@ def output_root(location: str) -> str:
     return str(Path(location).expanduser().resolve())
 
 
-def join(base: str, *parts: str) -> str:
-    """``base/part/...`` for local paths and URIs alike."""
-    return "/".join([base.rstrip("/"), *parts])
-
-
 @dataclass(frozen=True)
 class RunFolder:
     """An opened run folder: its id, its location (absolute path or URI) and its pyarrow filesystem."""
@@ -56,30 +57,38 @@ class RunFolder:
     def write_json(self, name: str, payload: Mapping[str, Any]) -> str:
         """Write ``payload`` as indented JSON to ``<run folder>/<name>``; returns its location."""
         location = self.join(name)
-        with self.filesystem.open_output_stream(_fs_path(location)) as handle:
+        with self.filesystem.open_output_stream(strip_scheme(location)) as handle:
             handle.write((json.dumps(payload, indent=2) + "\n").encode("utf-8"))
         return location
 
+    def read_json(self, name: str) -> Any:
+        """The JSON document ``<run folder>/<name>``."""
+        with self.filesystem.open_input_stream(strip_scheme(self.join(name))) as handle:
+            return json.loads(handle.read().decode("utf-8"))
+
     def write_summary(self, summary: Mapping[str, Any]) -> str:
+        """Write the run's ``summary.json``; returns its location."""
         return self.write_json(SUMMARY_FILE, summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        return self.read_json(SUMMARY_FILE)
 
 
 def open_run(
     output: str,
     run_id: str | None,
     prefix: str,
+    *,
     overwrite: bool = False,
-    filesystem: Any = None,
+    storage: StorageConfig | None = None,
 ) -> RunFolder:
     """The run folder ``<output>/<run_id>`` (a new ``<prefix>-<time>`` id when ``run_id`` is None), made
-    ready under the one policy: missing or empty → used; holds files → :class:`RunFolderError` unless
-    ``overwrite``, then emptied. ``filesystem`` (pyarrow) defaults to the one the location names."""
-    import pyarrow.fs as pafs
-
+    ready under the one policy: missing → created; empty → reused; holds files → :class:`RunFolderError`
+    unless ``overwrite``, then emptied. ``storage`` gives the S3 settings (default: the AWS environment)."""
     run_id = run_id or new_run_id(prefix)
     path = join(output_root(output), run_id)
-    fs = filesystem if filesystem is not None else _filesystem(path)
-    where = _fs_path(path)
+    fs = filesystem_for(path, storage)
+    where = strip_scheme(path)
     info = fs.get_file_info(where)
     if info.type == pafs.FileType.File:
         raise RunFolderError(f"run folder {path} is a file: choose another output or run_id")
@@ -101,19 +110,3 @@ def sum_counts(rows: Iterable[Mapping[str, Any]], column: str) -> dict[str, int]
         for key, value in (json.loads(counts) if isinstance(counts, str) else counts).items():
             totals[key] = totals.get(key, 0) + value
     return totals
-
-
-def _filesystem(location: str):
-    import pyarrow.fs as pafs
-
-    if not is_uri(location) or location.startswith("file://"):
-        return pafs.LocalFileSystem()
-    from workembed.data.config import StorageConfig
-    from workembed.data.storage import filesystem_for
-
-    return filesystem_for(location, StorageConfig())
-
-
-def _fs_path(location: str) -> str:
-    """pyarrow filesystems take ``bucket/key``, not ``s3://bucket/key``."""
-    return location.split("://", 1)[1] if is_uri(location) else location

@@ -16,6 +16,7 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from workembed.errors import DatasetError
 from workembed.taxonomy.model import Taxonomy
 
 COMPANIES = (
@@ -65,7 +66,7 @@ def sample_ads(taxonomy: Taxonomy, n_ads: int = 120, seed: int = 0, skills_per_a
         uri for uri, skills in related.items() if len(skills) >= 3 and uri in taxonomy.occupations
     )
     if not occupations:
-        raise ValueError("the taxonomy relates no occupation to 3 or more skills: no ads can be written")
+        raise DatasetError("the taxonomy relates no occupation to 3 or more skills: no ads can be written")
     ads = []
     for index in range(n_ads):
         occupation = taxonomy.occupations[occupations[index % len(occupations)]]

@@ -10,6 +10,7 @@ to ``state_dir/env``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -26,6 +27,9 @@ import psutil
 from pydantic import Field, field_validator
 
 from workembed.config import Config
+from workembed.errors import ClusterError
+
+logger = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 S3_ACCESS_KEY = "workembed"
@@ -92,7 +96,7 @@ class ServicesConfig(Config):
         return str(Path(value).expanduser().resolve())
 
 
-class ServiceError(RuntimeError):
+class ServiceError(ClusterError):
     """A service did not start or stop as asked."""
 
 
@@ -297,7 +301,7 @@ def _port_of(service: Service) -> int:
     return int(service.url.rsplit(":", 1)[1])
 
 
-def up(config: ServicesConfig, log=print) -> dict[str, str]:
+def up(config: ServicesConfig) -> dict[str, str]:
     """Start the enabled services that are not running; wait until each answers. Returns their URLs."""
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
@@ -307,9 +311,9 @@ def up(config: ServicesConfig, log=print) -> dict[str, str]:
         for service in _services(config):
             urls[service.name] = service.url
             if _running_pid(config, service.name):
-                log(f"{service.name}: already running at {service.url}")
+                logger.info("%s: already running at %s", service.name, service.url)
                 continue
-            _start(config, service, log)
+            _start(config, service)
             started.append(service.name)
     except BaseException:
         for name in reversed(started):  # leave nothing half-started behind
@@ -320,14 +324,14 @@ def up(config: ServicesConfig, log=print) -> dict[str, str]:
     return urls
 
 
-def _start(config: ServicesConfig, service: Service, log) -> None:
+def _start(config: ServicesConfig, service: Service) -> None:
     state = Path(config.state_dir)
     if _port_open(_port_of(service)):
         raise ServiceError(
             f"{service.name}: port {_port_of(service)} on {LOOPBACK} is taken by another process; "
             f"choose another with --set {service.name}.port=PORT"
         )
-    log(f"{service.name}: starting at {service.url} (log: {state / (service.name + '.log')})")
+    logger.info("%s: starting at %s (log: %s)", service.name, service.url, state / f"{service.name}.log")
     if service.name == "ray":
         _ensure_ray_token(config)
     with open(state / f"{service.name}.log", "ab") as log_file:
@@ -420,12 +424,12 @@ def _stop_group(config: ServicesConfig, name: str, grace_s: float = 20.0) -> boo
     return stopped
 
 
-def down(config: ServicesConfig, log=print) -> list[str]:
+def down(config: ServicesConfig) -> list[str]:
     """Stop the services ``up`` started (in reverse order); returns the names stopped."""
     stopped = []
     for service in reversed(_services(config)):
         if _stop_group(config, service.name):
-            log(f"{service.name}: stopped")
+            logger.info("%s: stopped", service.name)
             stopped.append(service.name)
     return stopped
 

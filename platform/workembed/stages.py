@@ -1,15 +1,15 @@
 """Pipeline stages by name: ``workembed run <stage>`` and ``python -m jobs.<stage>`` (through
-:func:`workembed.cli.stage_main`) share this table."""
+:func:`workembed.cli.stage_main`) share this table. Every stage is ``run_<stage>(config) -> summary``: it logs
+its progress to the ``workembed`` logger and returns its summary (a JSON-able mapping)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
-import sys
 from dataclasses import dataclass
 
 from workembed.config import config_from_args
+from workembed.logs import quiet_libraries
 
 
 @dataclass(frozen=True)
@@ -86,10 +86,5 @@ def run(name: str, args: argparse.Namespace) -> object:
     stage = STAGES[name]
     config = config_from_args(stage.load(stage.config), args)
     run_stage = stage.load(stage.run)
-    if "log" in inspect.signature(run_stage).parameters:
-        return run_stage(config, log=_stderr)
+    quiet_libraries()  # loading the stage may have imported a library that sets up its own console logging
     return run_stage(config)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from workembed.errors import NotFoundError, RegistryError
+
 _UNSAFE = re.compile(r"[^\w.\-]")
 
 
@@ -74,7 +76,7 @@ def log_to_mlflow(
     files = [Path(path) for path in artifacts]
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
-        raise FileNotFoundError(f"artifacts to log are not files: {', '.join(missing)}")
+        raise NotFoundError(f"artifacts to log are not files: {', '.join(missing)}")
 
     client = MlflowClient(tracking_uri=tracking_uri)
     run = client.create_run(
@@ -144,7 +146,7 @@ def experiment_id(client: Any, name: str, tracking_uri: str) -> str:
                 raise
             found = client.get_experiment_by_name(name)
     if found.lifecycle_stage != "active":
-        raise ValueError(
+        raise RegistryError(
             f"MLflow experiment '{name}' at {tracking_uri} is deleted: restore it or choose another name"
         )
     return found.experiment_id

@@ -76,7 +76,6 @@ from workembed.data.ingest import (
     AdPreparer,
     Deduplicator,
     _counts,
-    _sum_counts,
     clean_stream,
     raw_stream,
     stage_table,
@@ -84,6 +83,7 @@ from workembed.data.ingest import (
 from workembed.data.read import parquet_rows_to_raw
 from workembed.data.records import RecordParser, to_table
 from workembed.data.text import split_sentences
+from workembed.runs import sum_counts
 
 REAL_ADS = "job_ads/nhs_uk_en.parquet"
 SOURCE = "nhs_uk"
@@ -450,9 +450,10 @@ def stream_counts(ds, key: str) -> dict[str, object]:
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
         arrivals.append((time.perf_counter() - started, _counts(batch).to_pylist()[0]))
     seconds = time.perf_counter() - started
-    totals, reasons, _ = _sum_counts([row for _, row in arrivals])
+    rows = [row for _, row in arrivals]
+    totals, reasons = sum_counts(rows, "counts"), sum_counts(rows, "reasons")
     first_at = arrivals[0][0] if arrivals else seconds
-    first = _sum_counts([arrivals[0][1]])[0].get(key, 0) if arrivals else 0
+    first = sum_counts(rows[:1], "counts").get(key, 0)
     steady = (totals.get(key, 0) - first) / (seconds - first_at) if len(arrivals) > 1 else None
     return {
         "seconds": seconds,
@@ -546,7 +547,7 @@ def baseline_run(files: list[tuple[Path, int]], ads: int | None, scales: list[in
             log(f"pandas: {end} ads done" + (f", {ads / seconds:.0f} ads/s" if end == ads else ""))
     result: dict[str, object] = {"indexes": indexes}
     if ads:
-        totals, reasons, _ = _sum_counts(rows)
+        totals, reasons = sum_counts(rows, "counts"), sum_counts(rows, "reasons")
         result["run"] = {
             "ads": ads,
             "seconds": round(seconds, 1),

@@ -279,7 +279,7 @@ def skill_vectors(encoder, variant: str, work: Workload, cache_dir: Path) -> np.
     from workembed.retrieval.scoring import l2_normalize
 
     corpus = dict(zip(work.skill_ids, work.skill_texts, strict=True))
-    return l2_normalize(target_embeddings(encoder, corpus, cache_dir / "skills" / variant, log))
+    return l2_normalize(target_embeddings(encoder, corpus, cache_dir / "skills" / variant))
 
 
 def extract_top_k(encoder, skills: np.ndarray, sentence: str) -> tuple[np.ndarray, float, float]:

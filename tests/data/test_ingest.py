@@ -11,6 +11,7 @@ import pytest
 from workembed.config import load_config
 from workembed.data.config import IngestConfig
 from workembed.data.ingest import run_ingest
+from workembed.errors import RunFolderError
 
 GOOD = [
     {
@@ -235,19 +236,20 @@ def test_config_file_parses_every_shipped_source():
     assert gpu.ground.num_gpus == 1 and gpu.ground.encoder.device == "cuda"
 
 
-def test_existing_run_folder_is_refused_unless_overwrite(tmp_path):
-    from pyarrow.fs import LocalFileSystem
+def test_a_run_folder_that_holds_files_is_refused_unless_overwrite(ray_session, tmp_path, crafted):
+    """The common run-folder policy (:mod:`workembed.runs`): refused before any work; overwrite empties it."""
+    stale = tmp_path / "runs" / "test" / "_stream" / "old.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    with pytest.raises(RunFolderError, match=r"run folder .*/runs/test already holds files"):
+        run_ingest(_config(tmp_path, crafted), log=lambda _: None)
+    assert stale.read_bytes() == b"stale"
 
-    from workembed.data.ingest import prepare_run_folder
-
-    run = tmp_path / "runs" / "test"
-    prepare_run_folder(LocalFileSystem(), str(run), overwrite=False)  # absent: fine
-    (run / "_stream").mkdir(parents=True)
-    (run / "_stream" / "old.parquet").write_bytes(b"stale")
-    with pytest.raises(ValueError, match="already holds files"):
-        prepare_run_folder(LocalFileSystem(), str(run), overwrite=False)
-    prepare_run_folder(LocalFileSystem(), str(run), overwrite=True)
-    assert run.is_dir() and list(run.iterdir()) == []
+    config = _config(tmp_path, crafted, overwrite=True)
+    config.sources = config.sources[:1]
+    summary = run_ingest(config, log=lambda _: None)
+    assert summary["records"] == 12 and not stale.exists()
+    assert json.loads((tmp_path / "runs" / "test" / "summary.json").read_text()) == summary
 
 
 def test_too_few_cluster_cpus_is_a_clear_error(tmp_path, crafted):

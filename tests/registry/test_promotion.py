@@ -10,7 +10,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from workembed.eval.runner import evaluate
+from workembed.eval.runner import EvalConfig, evaluate
 from workembed.models import resolve_model_path
 from workembed.models.extraction_settings import read_extraction_settings
 from workembed.models.mlflow_models import download_model
@@ -69,10 +69,8 @@ def test_a_worse_candidate_is_refused_and_the_alias_stays(registered):
         promote(registered, "2", "guard")
     result = refused.value.result
     assert result["decision"] == "refused" and result["holder"] == f"models:/{registered.name}/1"
-    tiny = evaluate(
-        registered.gate.datasets,
-        model=download_model(f"models:/{registered.name}/2", registered.tracking_uri),
-    )
+    candidate = download_model(f"models:/{registered.name}/2", registered.tracking_uri)
+    tiny = evaluate(EvalConfig(datasets=registered.gate.datasets, model=str(candidate), cache_dir=None))
     for row in result["table"]:
         expected = round(tiny["results"][row["dataset"]][tiny["model"]][row["metric"]], 4)
         assert (row["holder"], row["candidate"], row["verdict"]) == (1.0, expected, "regressed")

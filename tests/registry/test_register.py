@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from workembed.eval.extraction_benchmark import evaluate_extraction
+from workembed.eval.extraction_benchmark import ExtractionProtocol, evaluate_extraction
 from workembed.models import Encoder, resolve_model_path
 from workembed.models.extraction_settings import read_extraction_settings
 from workembed.registry_commands import register_model
@@ -56,7 +56,7 @@ def test_folder_registers_with_calibrated_threshold_lineage_and_pyfunc(
     encoder = Encoder(trained_folder, max_length=128)
     grid = np.linspace(0.0, 1.0, 21)
     thresholds = [
-        round(evaluate_extraction(read_dataset(path), encoder, grid=grid)["threshold"], 4)
+        round(evaluate_extraction(read_dataset(path), ExtractionProtocol(grid=grid), encoder)["threshold"], 4)
         for path in registry_data["calibration"]
     ]
     assert len(set(thresholds)) == 2  # the two datasets disagree: the mean is not either of them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 
@@ -49,19 +50,21 @@ def tiny(tiny_bert):
 # ------------------------------------------------------------------------------------------ embed_with_ray
 
 
-def test_ray_embeddings_equal_local_ones_in_input_order(ray_session, tiny, tiny_bert):
+def messages(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name.startswith("workembed")]
+
+
+def test_ray_embeddings_equal_local_ones_in_input_order(ray_session, tiny, tiny_bert, caplog):
     texts = TEXTS[:200]
     local = tiny.embed(texts)
     # 37 rows a block: 5 full blocks and one of 15, spread over two actors
-    logs: list[str] = []
-    embedded = embed_with_ray(
-        str(tiny_bert), texts, batch_size=16, num_actors=2, rows_per_block=37, log=logs.append
-    )
+    caplog.set_level(logging.INFO, logger="workembed")
+    embedded = embed_with_ray(str(tiny_bert), texts, batch_size=16, num_actors=2, rows_per_block=37)
     assert embedded.shape == (200, 32) and embedded.dtype == np.float32
     np.testing.assert_allclose(embedded, local, atol=1e-5, rtol=0)
     assert not np.allclose(embedded[::-1], local, atol=1e-3)  # rows differ: the order is what matched
     np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, atol=1e-6)
-    assert logs == [f"embedding 200 texts with {tiny_bert} on 2 Ray actor(s)"]
+    assert messages(caplog) == [f"embedding 200 texts with {tiny_bert} on 2 Ray actor(s)"]
 
 
 def test_order_is_restored_when_blocks_come_back_shuffled(ray_session, tiny, tiny_bert):
@@ -131,18 +134,18 @@ def test_settings_validate_and_pick_the_actor_device():
         RayEmbedding(address="local")
 
 
-def test_sets_below_min_texts_are_embedded_locally(tiny):
-    logs: list[str] = []
+def test_sets_below_min_texts_are_embedded_locally(tiny, caplog):
+    caplog.set_level(logging.INFO, logger="workembed")
     settings = RayEmbedding(address=None, min_texts=50)
-    vectors = pooled_embeddings(tiny, TEXTS[:49], settings, log=logs.append)
+    vectors = pooled_embeddings(tiny, TEXTS[:49], settings)
     np.testing.assert_array_equal(vectors, pooled_embeddings(tiny, TEXTS[:49]))
-    assert logs == []
+    assert messages(caplog) == []
 
 
 # -------------------------------------------------------------------------------------------- scoring
 
 
-def test_ranking_with_ray_equals_local_ranking_and_shares_the_cache(ray_session, minilm, tmp_path):
+def test_ranking_with_ray_equals_local_ranking_and_shares_the_cache(ray_session, minilm, tmp_path, caplog):
     queries = {f"q{i}": text for i, text in enumerate(TEXTS[:40])}
     corpus = {f"d{i}": text for i, text in enumerate(TEXTS[40:])}
     local = encoder_ranking(minilm, queries, corpus, k=10)
@@ -152,20 +155,18 @@ def test_ranking_with_ray_equals_local_ranking_and_shares_the_cache(ray_session,
     assert np.diff(np.sort(full, axis=1)[:, -11:], axis=1).min() > 1e-5
 
     settings = RayEmbedding(address=None, num_actors=1, min_texts=0)
-    logs: list[str] = []
-    with_ray = encoder_ranking(
-        minilm, queries, corpus, k=10, cache_dir=tmp_path, log=logs.append, ray=settings
-    )
+    caplog.set_level(logging.INFO, logger="workembed")
+    with_ray = encoder_ranking(minilm, queries, corpus, k=10, cache_dir=tmp_path, ray=settings)
     np.testing.assert_array_equal(with_ray.indices, local.indices)
     np.testing.assert_allclose(with_ray.scores, local.scores, atol=1e-5, rtol=0)
-    assert "embedding 200 texts with minilm on 1 Ray actor(s)" in logs
-    assert "embedding 40 texts with minilm on 1 Ray actor(s)" in logs
+    assert "embedding 200 texts with minilm on 1 Ray actor(s)" in messages(caplog)
+    assert "embedding 40 texts with minilm on 1 Ray actor(s)" in messages(caplog)
 
     # the Ray run wrote the same cache file a local run reads (same path, same key)
     path = target_cache_path(minilm, corpus, tmp_path)
     assert [p.name for p in tmp_path.rglob("*.npy")] == [path.name]
     np.testing.assert_allclose(np.load(path), targets, atol=1e-5, rtol=0)
-    logs.clear()
-    cached = encoder_ranking(minilm, queries, corpus, k=10, cache_dir=tmp_path, log=logs.append)
-    assert f"target embeddings from cache {path}" in logs
+    caplog.clear()
+    cached = encoder_ranking(minilm, queries, corpus, k=10, cache_dir=tmp_path)
+    assert f"target embeddings from cache {path}" in messages(caplog)
     np.testing.assert_array_equal(cached.indices, local.indices)

@@ -3,6 +3,7 @@ in a real MLflow server; every route, validation, auth, multiplexing by the prox
 reconfiguration (models, batching and the HTTP API's limits), an alias move under load."""
 
 import copy
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -185,6 +186,57 @@ def test_the_live_api_hands_requests_to_the_app_set_last():
         live.api = answering("second")
         assert client.get("/which").json() == {"app": "second"}
         assert client.get("/nowhere").status_code == 404
+
+
+class FailingServer:
+    """A model server (as :func:`create_api` uses it) whose every call raises ``error``: a bug or a user error
+    met while answering a request."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    async def served(self):
+        raise self.error
+
+    def describe(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("where", ["/v1/embed", "/v1/models"])  # through `answer`, and raised in the route
+def test_a_bug_is_answered_500_with_a_request_id_and_a_user_error_4xx(tmp_path, monkeypatch, where):
+    from fastapi.testclient import TestClient
+
+    from workembed.errors import InputError, NotFoundError
+    from workembed.serving.app import REQUEST_ID_HEADER, create_api
+    from workembed.serving.config import ServeConfig
+
+    monkeypatch.delenv("WORKEMBED_API_KEY", raising=False)
+    config = ServeConfig(esco="builtin", cache_dir=str(tmp_path))
+
+    def call(error: Exception):
+        client = TestClient(create_api(FailingServer(error), None, config), raise_server_exceptions=False)
+        if where == "/v1/models":
+            return client.get(where)
+        return client.post(where, json={"texts": ["Python"]})
+
+    records: list[logging.LogRecord] = []
+    capture = logging.Handler(logging.ERROR)
+    capture.emit = records.append  # Serve's logger need not propagate to caplog's handler
+    logging.getLogger("ray.serve").addHandler(capture)
+    try:
+        bug = call(ValueError("operands could not be broadcast together"))  # a ValueError too is a bug
+    finally:
+        logging.getLogger("ray.serve").removeHandler(capture)
+    assert bug.status_code == 500
+    request_id = bug.headers[REQUEST_ID_HEADER]
+    assert bug.json()["detail"] == f"internal error (ValueError), request id {request_id}"
+    logged = [record for record in records if getattr(record, "request_id", None) == request_id]
+    assert len(logged) == 1 and request_id in logged[0].getMessage() and logged[0].exc_info is not None
+
+    user_error = call(InputError("filter 'salary' is unknown"))
+    assert (user_error.status_code, user_error.json()) == (422, {"detail": "filter 'salary' is unknown"})
+    assert REQUEST_ID_HEADER not in user_error.headers
+    assert call(NotFoundError("model '9' not found")).status_code == 404
 
 
 def replica_states() -> dict[str, dict]:

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.synth.conftest import script_llm
+from workembed.errors import RunFolderError
 from workembed.synth.config import SynthConfig
 from workembed.synth.stage import EDGES_SCHEMA, REJECT_COLUMNS, run_synthesize, sentence_id, title_id
 
@@ -106,6 +107,7 @@ def scripted_llm(tiny_llm, run_inputs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def transformers_run(scripted_llm, run_inputs, tmp_path_factory):
     output = tmp_path_factory.mktemp("transformers-run")
+    (output / "run").mkdir()  # an empty run folder is reused (the common policy of workembed.runs)
     summary = run_synthesize(
         synth_config(scripted_llm, run_inputs, output, "transformers"), log=lambda _: None
     )
@@ -242,12 +244,13 @@ def test_rejects_and_generations(transformers_run, run_inputs):
             assert row["generated_text"] == SCRIPT[row["template"]] and row["__inference_error__"] is None
 
 
-def test_an_existing_run_folder_is_never_overwritten(tiny_llm, tmp_path):
+def test_a_run_folder_that_holds_files_is_refused_before_any_work(tiny_llm, tmp_path):
     (tmp_path / "out" / "run").mkdir(parents=True)
+    (tmp_path / "out" / "run" / "old.txt").write_text("stale")
     config = SynthConfig(model=str(tiny_llm), output=str(tmp_path / "out"), run_id="run")
-    with pytest.raises(ValueError, match="run folder .*/out/run already exists: synthesize never overwrites"):
+    with pytest.raises(RunFolderError, match="run folder .*/out/run already holds files: .*overwrite=true"):
         run_synthesize(config, log=lambda _: None)
-    assert list((tmp_path / "out").iterdir()) == [tmp_path / "out" / "run"]
+    assert [p.name for p in (tmp_path / "out" / "run").iterdir()] == ["old.txt"]
 
 
 def test_a_model_that_cannot_be_loaded_fails_before_any_work(tmp_path):

@@ -140,7 +140,7 @@ def test_the_filter_stage_fits_without_benchmark_sentences_and_saves_into_the_mo
     config = SkillFilterConfig(
         model=str(model), skillspan=str(benchmarks / "skillspan"), benchmarks=str(benchmarks), max_length=16
     )
-    report = run_skill_filter(config, log=lambda message: None)
+    report = run_skill_filter(config)
     # SkillSpan train minus the sentences of benchmark files: the tech/house validation sentences and the
     # two skilled and two plain sentences that SkillSpan dev also holds
     dropped = {TECH_SENTENCE, "Manage a team of nurses", *SKILLED[:2], *PLAIN[:2]}

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from workembed.config import deep_merge
+from workembed.errors import RunFolderError
 from workembed.train.config import TrainConfig
 from workembed.train.trainer import run_train
 
@@ -86,6 +87,7 @@ def test_gradient_caching_on_two_zero2_workers_equals_the_uncached_step(
     are gathered from both workers (pooled, or token-level for late interaction); a head's own parameters
     (per-side projections, the BiLSTM) are trained and saved with the backbone."""
     settings = {"model": {"head": head}, "steps": steps, **({"data": {"tasks": tasks}} if tasks else {})}
+    (tmp_path / "models" / "cached").mkdir(parents=True)  # an empty model folder is reused
     cached = run_train(make_config(tmp_path, tiny_bert, "cached", chunk_size=2, **settings))
     plain = run_train(make_config(tmp_path, tiny_bert, "plain", chunk_size=2, grad_cache=False, **settings))
     trained, reference = weights(cached["model"]), weights(plain["model"])
@@ -169,6 +171,16 @@ class WorkerKiller(threading.Thread):
                     self.killed_pid = workers[-1]
                     return
             time.sleep(0.2)
+
+
+def test_a_model_folder_that_holds_files_is_refused_before_training(tmp_path, tiny_bert):
+    stale = tmp_path / "models" / "taken" / "model.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"stale")
+    with pytest.raises(RunFolderError, match="run folder .*/models/taken already holds files"):
+        run_train(make_config(tmp_path, tiny_bert, "taken"))
+    assert stale.read_bytes() == b"stale"
+    assert not (tmp_path / "checkpoints" / "taken").exists()
 
 
 def test_edges_written_by_a_test_model_are_never_trained_on(ray_session, tmp_path, tiny_bert):

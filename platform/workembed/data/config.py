@@ -34,6 +34,14 @@ class SourceConfig(Config):
     columns: ColumnMap
     language: str | None = Field(None, description="ISO 639-1 code of every ad; null: detected per ad.")
     csv_delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator of CSV files.")
+    max_line_bytes: int = Field(
+        16 * 1024 * 1024,
+        gt=0,
+        description="JSONL lines and CSV records longer than this (bytes) are rejected while reading (stage "
+        "read, reason too_long, raw: their first 4 KiB), never held whole: a reader holds at most this plus "
+        "a 1 MiB chunk. Above validation.max_record_bytes, so that records between the two are quarantined "
+        "by validate with their bytes kept whole.",
+    )
 
 
 class StorageConfig(Config):
@@ -163,9 +171,13 @@ class RayConfig(Config):
 class IngestConfig(Config):
     """Job ads → job_ads, sentences, edges, rejects, skill edge counts and a summary."""
 
-    run_id: str | None = Field(None, description="Output folder name; null: a new timestamped id.")
+    run_id: str | None = Field(None, description="Output folder name; null: a new ingest-<UTC time> id.")
     output: str = Field("runs", description="Root of run outputs (local path or s3://bucket/prefix).")
-    overwrite: bool = Field(False, description="Empty an existing run folder first (else it is an error).")
+    overwrite: bool = Field(
+        False,
+        description="Empty a run folder that already holds files (false: such a folder is an error; an "
+        "empty one is reused).",
+    )
     sources: list[SourceConfig] = Field(default_factory=list)
     esco: EscoConfig = Field(default_factory=EscoConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -22,10 +21,11 @@ from workembed.data.config import DedupeConfig, IngestConfig, SourceConfig
 from workembed.data.dedupe import AdDeduplicator, MinHashSigner, SentenceDeduplicator
 from workembed.data.graph import EDGE_SCHEMA, VacancyEdges, esco_edges_table
 from workembed.data.ground import Grounder, embed_space, occupation_space, skill_space
-from workembed.data.read import RAW_SCHEMA, RawRecordDatasource, check_parquet_files, parquet_rows_to_raw
+from workembed.data.read import RawRecordDatasource
 from workembed.data.records import STREAM_SCHEMA, RecordParser, is_reject, to_table
-from workembed.data.storage import filesystem_for, join, list_files, strip_scheme
+from workembed.data.storage import filesystem_for, join, list_files
 from workembed.data.text import split_sentences
+from workembed.runs import open_run, sum_counts
 from workembed.taxonomy import Taxonomy, load_esco_config
 
 STAGE_ORDER = ("read", "parse", "validate", "dedupe")
@@ -59,42 +59,25 @@ SENTENCE_SCHEMA = pa.schema(
 )
 
 
-def output_root(location: str) -> str:
-    """Run outputs go to a URI as given, or to a local folder (made absolute for the workers)."""
-    return location if "://" in location else str(Path(location).resolve())
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-
-
 # ------------------------------------------------------------------------------------ streaming pass
 
 
 def read_source(source: SourceConfig, config: IngestConfig):
-    """A Ray dataset of raw records for one source (corrupt Parquet files reported as rows)."""
+    """A Ray dataset of raw records for one source: one row per record, bad records and unreadable files
+    (Parquet row groups included) reported as rows (:mod:`workembed.data.read`)."""
     import ray
 
     paths = [resolve_data_path(p) for p in source.paths]
     fs = filesystem_for(paths[0], config.storage)
-    files = list_files(paths, fs)
-    if source.format != "parquet":
-        datasource = RawRecordDatasource(
-            files, source=source.name, fmt=source.format, csv_delimiter=source.csv_delimiter, filesystem=fs
-        )
-        return ray.data.read_datasource(datasource)
-    good, bad = check_parquet_files(files, fs)
-    parts = []
-    if good:
-        parts.append(
-            ray.data.read_parquet(good, filesystem=fs, include_paths=True).map_batches(
-                parquet_rows_to_raw, fn_kwargs={"source": source.name}, batch_format="pyarrow"
-            )
-        )
-    if bad:
-        rows = [{"source": source.name, **row} for row in bad]
-        parts.append(ray.data.from_arrow(pa.Table.from_pylist(rows, schema=RAW_SCHEMA)))
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    datasource = RawRecordDatasource(
+        list_files(paths, fs),
+        source=source.name,
+        fmt=source.format,
+        csv_delimiter=source.csv_delimiter,
+        max_line_bytes=source.max_line_bytes,
+        filesystem=fs,
+    )
+    return ray.data.read_datasource(datasource)
 
 
 class AdPreparer:
@@ -274,17 +257,6 @@ def _counts(batch: pa.Table) -> pa.Table:
     return pa.Table.from_pylist([row])
 
 
-def _sum_counts(rows: list[dict]) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-    totals: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    languages: dict[str, int] = {}
-    for row in rows:
-        for target, key in ((totals, "counts"), (reasons, "reasons"), (languages, "languages")):
-            for name, value in json.loads(row[key]).items():
-                target[name] = target.get(name, 0) + value
-    return totals, reasons, languages
-
-
 def stage_table(records: int, reasons: dict[str, int]) -> list[dict[str, Any]]:
     """Rows in = rows out + rows rejected, per stage of the ad stream."""
     table, remaining = [], records
@@ -323,20 +295,6 @@ def check_cluster_cpus(config: IngestConfig, available: float) -> None:
         )
 
 
-def prepare_run_folder(fs, out: str, overwrite: bool) -> None:
-    """Refuse a run folder that holds files (its datasets would mix with ours), or empty it on request."""
-    import pyarrow.fs as pafs
-
-    path = strip_scheme(out)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return
-    if not fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        return
-    if not overwrite:
-        raise ValueError(f"run folder {out} already holds files: choose another run_id or set overwrite=true")
-    fs.delete_dir_contents(path)
-
-
 def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the job; returns (and writes to ``<run>/summary.json``) the summary."""
     import ray
@@ -345,10 +303,8 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
 
     config.ray.connect()
     check_cluster_cpus(config, ray.cluster_resources().get("CPU", 0))
-    run_id = config.run_id or new_run_id()
-    out = join(output_root(config.output), run_id)
-    fs = filesystem_for(out, config.storage)
-    prepare_run_folder(fs, out, config.overwrite)
+    run = open_run(config.output, config.run_id, "ingest", overwrite=config.overwrite, storage=config.storage)
+    run_id, out, fs = run.run_id, run.path, run.filesystem
     started = time.monotonic()
     taxonomy = load_esco_config(config.esco)
     log(f"ingest run {run_id}: {len(config.sources)} source(s) → {out}")
@@ -362,7 +318,8 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
         join(out, "sentences"), filesystem=fs
     )
     streamed.map_batches(_rejects, batch_format="pyarrow").write_parquet(join(out, "rejects"), filesystem=fs)
-    totals, reasons, languages = _sum_counts(streamed.map_batches(_counts, batch_format="pyarrow").take_all())
+    counts = streamed.map_batches(_counts, batch_format="pyarrow").take_all()
+    totals, reasons, languages = (sum_counts(counts, key) for key in ("counts", "reasons", "languages"))
 
     skill_labels = {s.uri: s.preferred_label for s in taxonomy.skills.values()}
     occupation_labels = {o.uri: o.preferred_label for o in taxonomy.occupations.values()}
@@ -424,8 +381,7 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
         },
         "matching": matching_summary,
     }
-    with fs.open_output_stream(strip_scheme(join(out, "summary.json"))) as handle:
-        handle.write(json.dumps(summary, indent=2).encode())
+    run.write_summary(summary)
     return summary
 
 

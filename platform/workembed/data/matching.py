@@ -47,6 +47,7 @@ from inscriptis import get_text
 from pydantic import Field, model_validator
 
 from workembed.config import Config
+from workembed.errors import ConfigError, DatasetError
 
 TASK, ORIGIN, STAGE = "project-profile", "vacancy", "matching"
 EDGE_COLUMNS = ["task", "left_id", "left_text", "right_id", "right_text", "weight", "origin"]
@@ -277,7 +278,7 @@ def held_out_projects(project_ids: Sequence[str], fraction: float, seed: int = 0
     """The projects held apart from training for evaluation: the ``round(fraction · n)`` ids with the
     smallest SHA-256 of ``"<seed>\\0<id>"`` (a pure function of the ids, the fraction and the seed)."""
     if not 0 <= fraction < 1:
-        raise ValueError(f"the held-out fraction must lie in [0, 1), got {fraction}")
+        raise ConfigError(f"the held-out fraction must lie in [0, 1), got {fraction}")
     ranked = sorted(set(project_ids), key=lambda pid: hashlib.sha256(f"{seed}\0{pid}".encode()).digest())
     return frozenset(ranked[: round(fraction * len(ranked))])
 
@@ -310,7 +311,7 @@ def _html_text(fragment: str) -> str:
 def _parse_skills(value: str) -> list[str]:
     parsed = ast.literal_eval(value) if value.strip() else []
     if not isinstance(parsed, list | tuple) or not all(isinstance(s, str) for s in parsed):
-        raise ValueError(f"not a list of strings: {value[:80]}")
+        raise DatasetError(f"not a list of strings: {value[:80]}")
     unique: dict[str, str] = {}
     for skill in (" ".join(html.unescape(s).split()) for s in parsed):
         if skill:

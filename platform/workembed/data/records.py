@@ -3,7 +3,8 @@
 All stages of the streaming pass share one row layout (:data:`STREAM_SCHEMA`): a row is either an ad (its
 ``reject_stage`` is null) or a rejected input (``reject_stage``, ``reject_reason`` and the untouched ``raw``
 set). Rejected rows travel through the later stages unchanged, so one pass writes both, and a retried task
-never writes a reject twice.
+never writes a reject twice. Every raw record gives exactly one row: a record whose processing raises is
+rejected (``unexpected: <type>: <message>``), never dropped, and the rest of its batch flows.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from workembed.data.config import SourceConfig, ValidationConfig
-from workembed.data.read import CORRUPT_FILE
+from workembed.data.read import CORRUPT_FILE, unexpected
 from workembed.data.text import LanguageDetector, clean_text, html_to_text
 
 UNDETERMINED = "und"
@@ -101,10 +102,19 @@ class RecordParser:
         return to_table([self.parse(row) for row in batch.to_pylist()])
 
     def parse(self, row: dict) -> dict:
+        """One raw record → an ad or a rejected row (whatever the record holds: this never raises)."""
+        try:
+            return self._parse(row)
+        except Exception as err:  # noqa: BLE001 - one record's failure is that record's reject
+            context = {key: row.get(key) for key in ("source", "path", "record_index")}
+            raw = row.get("raw")
+            return reject("validate", unexpected(err), raw if isinstance(raw, bytes) else b"", **context)
+
+    def _parse(self, row: dict) -> dict:
         raw = row["raw"]
         context = {"source": row["source"], "path": row["path"], "record_index": row["record_index"]}
         if row["error"] is not None:
-            stage = "read" if row["record_index"] == CORRUPT_FILE else "parse"
+            stage = row.get("stage") or ("read" if row["record_index"] == CORRUPT_FILE else "parse")
             return reject(stage, row["error"], raw, **context)
         if len(raw) > self._validation.max_record_bytes:
             reason = f"too_large: {len(raw)} bytes > {self._validation.max_record_bytes}"

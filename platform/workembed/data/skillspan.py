@@ -11,10 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from workembed.errors import DatasetError
+
 OUTSIDE = "O"
 
 
-class SkillSpanFormatError(ValueError):
+class SkillSpanFormatError(DatasetError):
     """A SkillSpan file that cannot be read as documented."""
 
 

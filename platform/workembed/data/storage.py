@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from workembed.data.config import StorageConfig
+from workembed.config import is_uri
+from workembed.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from workembed.data.config import StorageConfig
 
 
-def filesystem_for(location: str, storage: StorageConfig) -> pafs.FileSystem:
-    """The pyarrow filesystem that holds ``location``."""
+def filesystem_for(location: str, storage: StorageConfig | None = None) -> pafs.FileSystem:
+    """The pyarrow filesystem that holds ``location`` (S3 settings from ``storage``, else the AWS
+    environment)."""
     if not location.startswith("s3://"):
-        if "://" in location and not location.startswith("file://"):
+        if is_uri(location) and not location.startswith("file://"):
             return pafs.FileSystem.from_uri(location)[0]
         return pafs.LocalFileSystem()
-    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = getattr(storage, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {
-        "region": storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "access_key": storage.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": storage.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "region": getattr(storage, "region", None) or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        "access_key": getattr(storage, "access_key_id", None) or os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": getattr(storage, "secret_access_key", None) or os.environ.get("AWS_SECRET_ACCESS_KEY"),
     }
     if endpoint:
         parsed = urlparse(endpoint)
@@ -30,10 +36,11 @@ def filesystem_for(location: str, storage: StorageConfig) -> pafs.FileSystem:
 
 def strip_scheme(location: str) -> str:
     """pyarrow filesystems take ``bucket/key``, not ``s3://bucket/key``."""
-    return location.split("://", 1)[1] if "://" in location else location
+    return location.split("://", 1)[1] if is_uri(location) else location
 
 
 def join(base: str, *parts: str) -> str:
+    """``base/part/...`` for local paths and URIs alike."""
     return "/".join([base.rstrip("/"), *parts])
 
 
@@ -44,7 +51,7 @@ def list_files(locations: list[str], fs: pafs.FileSystem) -> list[str]:
         path = strip_scheme(location)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"input not found: {location}")
+            raise NotFoundError(f"input not found: {location}")
         if info.type == pafs.FileType.File:
             files.append(path)
             continue
@@ -53,5 +60,5 @@ def list_files(locations: list[str], fs: pafs.FileSystem) -> list[str]:
             if entry.type == pafs.FileType.File and not name.startswith((".", "_")):
                 files.append(entry.path)
     if not files:
-        raise FileNotFoundError(f"no input files in {', '.join(locations)}")
+        raise NotFoundError(f"no input files in {', '.join(locations)}")
     return sorted(files)

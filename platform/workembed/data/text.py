@@ -15,6 +15,8 @@ import blingfire
 import ftfy
 from inscriptis import get_text
 
+from workembed.errors import ConfigError
+
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _ENTITY = re.compile(r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});")
 _HSPACE = re.compile(r"[^\S\n]+")
@@ -126,9 +128,9 @@ class LanguageDetector:
             try:
                 codes.append(IsoCode639_1.from_str(code.strip().lower()))
             except ValueError:
-                raise ValueError(f"unknown or unsupported language code: {code!r}") from None
+                raise ConfigError(f"unknown or unsupported language code: {code!r}") from None
         if len(codes) < 2:
-            raise ValueError("LanguageDetector needs at least two languages")
+            raise ConfigError("LanguageDetector needs at least two languages")
         self.languages = tuple(code.name.lower() for code in codes)
         self.min_confidence = min_confidence
         self._detector: Any = None

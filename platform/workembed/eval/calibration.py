@@ -15,26 +15,26 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from workembed.log import Log
+from workembed.errors import ConfigError
 from workembed.models.extraction_settings import ExtractionSettings
 from workembed.registry.config import CalibrationConfig
 
 REPORTED = ("threshold", "calibration_queries", "test_queries", "calibration_f1", "test", "filtered")
 
 
-def calibrate(model_dir: str | Path, config: CalibrationConfig, log: Log | None = None) -> ExtractionSettings:
+def calibrate(model_dir: str | Path, config: CalibrationConfig) -> ExtractionSettings:
     """Calibrate the extraction settings of the model in ``model_dir`` on ``config.datasets``."""
     from workembed.eval.extraction_benchmark import ExtractionEvalConfig, run_extraction_eval
 
     if not config.datasets:
-        raise ValueError("calibration.datasets is empty: no dataset to calibrate the threshold on")
+        raise ConfigError("calibration.datasets is empty: no dataset to calibrate the threshold on")
     settings = config.model_dump(
         include={"datasets", "calibration_fraction", "seed", "grid", "temperature", "among"}
         | {"batch_size", "max_length", "device"}
     )
     # the model folder is a temporary copy: a target-embedding cache keyed by it would never be read again
     evaluation = ExtractionEvalConfig(model=str(model_dir), cache_dir=None, tracking_uri=None, **settings)
-    report = run_extraction_eval(evaluation, log=log)
+    report = run_extraction_eval(evaluation)
     results = report["results"]
     return ExtractionSettings(
         threshold=statistics.fmean(result["threshold"] for result in results.values()),

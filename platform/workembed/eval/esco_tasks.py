@@ -44,6 +44,7 @@ from typing import Literal
 from pydantic import Field
 
 from workembed.config import Config
+from workembed.errors import ConfigError
 from workembed.retrieval.esco_concepts import (
     SPLIT_FILE,
     concept_corpus,
@@ -74,7 +75,7 @@ def held_out_concepts(
 ) -> tuple[frozenset[str], frozenset[str]]:
     """The held-apart ``(skill_uris, occupation_uris)``: those whose :func:`held_out_score` < fraction."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"fraction must be in (0, 1], got {fraction}")
     skills = frozenset(uri for uri in taxonomy.skills if held_out_score(uri, seed) < fraction)
     occupations = frozenset(uri for uri in taxonomy.occupations if held_out_score(uri, seed) < fraction)
     return skills, occupations
@@ -229,7 +230,7 @@ def esco_tasks(
 ) -> dict[str, RankingDataset]:
     """The four tasks in memory, by name, their meta naming the ESCO source, split, fraction and seed."""
     if split not in ("held-out", "all"):
-        raise ValueError(f"split must be 'held-out' or 'all', got {split!r}")
+        raise ConfigError(f"split must be 'held-out' or 'all', got {split!r}")
     skills: frozenset[str] | None = None
     occupations: frozenset[str] | None = None
     if split == "held-out":

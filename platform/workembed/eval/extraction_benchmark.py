@@ -25,8 +25,10 @@ writes it as JSON, a Markdown table beside it and one PNG per dataset (``<stem>-
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ import numpy as np
 from pydantic import Field
 
 from workembed.config import resolve_data_path
+from workembed.errors import ConfigError, DatasetError, NotFoundError
 from workembed.eval.extraction_benchmark_plots import plot_threshold_curve
 from workembed.eval.extraction_metrics import (
     DEFAULT_GRID,
@@ -42,16 +45,17 @@ from workembed.eval.extraction_metrics import (
     mean_pairwise_similarity,
     precision_recall_f1,
 )
-from workembed.eval.report import DIGITS, format_cell, rounded, write_json_and_markdown
-from workembed.eval.runner import EncoderEvalConfig
-from workembed.log import Log, say
+from workembed.eval.report import DIGITS, format_cell, publish_report, write_json_and_markdown
+from workembed.eval.runner import EncoderEvalConfig, read_datasets
 from workembed.retrieval.embedding import query_token_vectors, target_embeddings
-from workembed.retrieval.ranking_dataset import RankingDataset, read_dataset
+from workembed.retrieval.ranking_dataset import RankingDataset
 from workembed.retrieval.scoring import l2_normalize
 from workembed.retrieval.skill_extraction import Among, rank_skills, redundancy_filter, token_attention_scores
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
+
+logger = logging.getLogger(__name__)
 
 SENTENCE_BLOCK = 256
 """Sentences whose token vectors are computed (and held) at a time."""
@@ -104,6 +108,35 @@ class ExtractionEvalConfig(EncoderEvalConfig):
         """The threshold grid: ``grid + 1`` evenly spaced values over [0, 1]."""
         return np.linspace(0.0, 1.0, self.grid + 1)
 
+    def protocol(self) -> ExtractionProtocol:
+        """How :func:`evaluate_extraction` evaluates each dataset under these settings."""
+        settings = self.model_dump(include={"calibration_fraction", "seed", "temperature", "k", "among"})
+        return ExtractionProtocol(grid=self.thresholds(), cache_dir=self.cache_dir, **settings)
+
+
+@dataclass(frozen=True, eq=False)  # grid may be an array: no field-wise ==
+class ExtractionProtocol:
+    """How :func:`evaluate_extraction` evaluates one dataset: the split (``calibration_fraction``, ``seed``),
+    the threshold ``grid`` (any ascending values; :meth:`ExtractionEvalConfig.protocol` gives the
+    config's), the softmax ``temperature``, the K of F1@K, the redundancy filter's ``among`` and the
+    target-embedding ``cache_dir`` (None: no cache); see :class:`ExtractionEvalConfig`."""
+
+    calibration_fraction: float = 0.5
+    seed: int = 0
+    grid: Sequence[float] | np.ndarray = field(default_factory=lambda: DEFAULT_GRID)
+    temperature: float = 0.05
+    k: int = 5
+    among: Among = "all"
+    cache_dir: str | Path | None = None
+
+    def __post_init__(self) -> None:  # calibration_fraction: checked by calibration_split
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.k < 1:
+            raise ConfigError(f"k must be at least 1, got {self.k}")
+        if self.among not in ("all", "candidates"):
+            raise ConfigError(f"among must be 'all' or 'candidates', got '{self.among}'")
+
 
 # ------------------------------------------------------------------------------------------ split
 
@@ -114,10 +147,10 @@ def calibration_split(
     """(calibration ids, test ids): the ``round(fraction · n)`` ids (at least 1, at most ``n − 1``) with
     the smallest SHA-256 of ``"<seed>\\0<id>"`` calibrate; each part keeps the input order."""
     if not 0 < fraction < 1:
-        raise ValueError(f"calibration_fraction must be in (0, 1), got {fraction}")
+        raise ConfigError(f"calibration_fraction must be in (0, 1), got {fraction}")
     ids = list(query_ids)
     if len(ids) < 2:
-        raise ValueError(f"a calibration/test split needs at least 2 queries, got {len(ids)}")
+        raise DatasetError(f"a calibration/test split needs at least 2 queries, got {len(ids)}")
     size = min(max(round(fraction * len(ids)), 1), len(ids) - 1)
     ranked = sorted(ids, key=lambda qid: (hashlib.sha256(f"{seed}\0{qid}".encode()).digest(), qid))
     chosen = set(ranked[:size])
@@ -129,62 +162,52 @@ def calibration_split(
 
 def evaluate_extraction(
     dataset: RankingDataset,
+    protocol: ExtractionProtocol | None = None,
     encoder: Encoder | None = None,
     *,
     token_vectors: Mapping[str, np.ndarray] | None = None,
     skill_vectors: np.ndarray | None = None,
-    calibration_fraction: float = 0.5,
-    seed: int = 0,
-    grid: Sequence[float] | np.ndarray = DEFAULT_GRID,
-    temperature: float = 0.05,
-    k: int = 5,
-    among: Among = "all",
-    cache_dir: str | Path | None = None,
-    log: Log | None = None,
     keep: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Calibrate the threshold on one dataset's calibration part and report on its test part (unrounded).
+    """Calibrate the threshold on one dataset's calibration part and report on its test part (unrounded),
+    as ``protocol`` says (default: :class:`ExtractionProtocol`'s defaults).
 
     Sentence tokens come from ``token_vectors`` (``{query id: [n_tokens, dim]}``) when given, else from
     ``encoder``; skill vectors from ``skill_vectors`` (rows in corpus order) when given, else from
-    ``encoder`` (cached in ``cache_dir``). With ``keep`` (sentence texts → bool per sentence, a non-skill
-    sentence filter), the test part is also reported with the dropped sentences predicting nothing
-    (``with_skill_filter``). Raises ValueError for a dataset with fewer than 2 labelled
-    queries or bad settings.
+    ``encoder`` (cached in ``protocol.cache_dir``). With ``keep`` (sentence texts → bool per sentence, a
+    non-skill sentence filter), the test part is also reported with the dropped sentences predicting nothing
+    (``with_skill_filter``). Raises DatasetError for a dataset with fewer than 2 labelled queries.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
-    if among not in ("all", "candidates"):
-        raise ValueError(f"among must be 'all' or 'candidates', got '{among}'")
+    if protocol is None:
+        protocol = ExtractionProtocol()
+    temperature, k = protocol.temperature, protocol.k
     labelled = dataset.evaluable_queries()
     if len(labelled) < 2:
-        raise ValueError(
+        raise DatasetError(
             f"dataset '{dataset.name}' needs at least 2 queries with a gold skill (a positive qrel) for a "
             f"calibration and a test part; it has {len(labelled)}"
         )
-    calibration, test = calibration_split(labelled, calibration_fraction, seed)
+    calibration, test = calibration_split(labelled, protocol.calibration_fraction, protocol.seed)
     skill_ids = list(dataset.corpus)
-    targets = _skill_vectors(dataset, encoder, skill_vectors, cache_dir, log)
+    targets = _skill_vectors(dataset, encoder, skill_vectors, protocol.cache_dir)
     tokens_of = _token_source(dataset, labelled, encoder, token_vectors, targets.shape[1])
     gold = {qid: set(dataset.positives(qid)) for qid in labelled}
-    say(log, f"{dataset.name}: {len(calibration)} calibration + {len(test)} test sentences")
+    logger.info("%s: %d calibration + %d test sentences", dataset.name, len(calibration), len(test))
 
     calibration_scores = np.empty((len(calibration), len(skill_ids)), dtype=np.float32)
     for row, cosines in enumerate(_sentence_cosines(calibration, tokens_of, targets)):
         calibration_scores[row] = token_attention_scores(cosines, temperature)
     threshold, table = calibrate_threshold(
-        calibration_scores, [gold[q] for q in calibration], grid, skill_ids
+        calibration_scores, [gold[q] for q in calibration], protocol.grid, skill_ids
     )
-    say(log, f"{dataset.name}: threshold {threshold:.4f}")
+    logger.info("%s: threshold %.4f", dataset.name, threshold)
 
     predicted, kept, ranked = [], [], []
     for cosines in _sentence_cosines(test, tokens_of, targets):
         scores = token_attention_scores(cosines, temperature)
         candidates = np.flatnonzero(scores >= np.float64(threshold))  # compared in float64, as calibrated
         predicted.append({skill_ids[j] for j in candidates})
-        kept.append({skill_ids[j] for j in redundancy_filter(cosines, candidates, among)})
+        kept.append({skill_ids[j] for j in redundancy_filter(cosines, candidates, protocol.among)})
         ranked.extend(rank_skills(scores[None, :], k, skill_ids))
     test_gold = [gold[q] for q in test]
     n_predicted, n_kept = sum(map(len, predicted)), sum(map(len, kept))
@@ -221,60 +244,22 @@ def evaluate_extraction(
     }
 
 
-def run_extraction_eval(config: ExtractionEvalConfig, log: Log | None = None) -> dict[str, Any]:
-    """Evaluate every dataset as ``config`` says, write the report files when ``config.out`` is set; return
-    the rounded report (with ``out``, ``markdown`` and ``plots`` naming the files written)."""
-    from workembed.models import Encoder
-
-    datasets = [read_dataset(resolve_data_path(location)) for location in config.datasets]
-    names = [dataset.name for dataset in datasets]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"several datasets are named {', '.join(duplicates)}: give them distinct meta names")
-    encoder = Encoder(
-        config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
-    )
+def run_extraction_eval(config: ExtractionEvalConfig) -> dict[str, Any]:
+    """Evaluate every dataset as ``config`` says, write the report files when ``config.out`` is set and log
+    the run to MLflow when ``config.tracking_uri`` is set; return the rounded report (with ``out``,
+    ``markdown`` and ``plots`` naming the files written, and ``mlflow_run_id``)."""
+    datasets = read_datasets(config.datasets)
+    encoder = config.load_encoder()
     keep = sentence_filter(encoder, config.skill_filter) if config.skill_filter else None
+    protocol = config.protocol()
     report: dict[str, Any] = {
         "model": encoder.name,
         **config.model_dump(include={"temperature", "k", "among", "calibration_fraction", "seed", "grid"}),
         "results": {},
     }
     for dataset in datasets:
-        report["results"][dataset.name] = evaluate_extraction(
-            dataset,
-            encoder,
-            calibration_fraction=config.calibration_fraction,
-            seed=config.seed,
-            grid=config.thresholds(),
-            temperature=config.temperature,
-            k=config.k,
-            among=config.among,
-            cache_dir=config.cache_dir,
-            log=log,
-            keep=keep,
-        )
-    result = rounded(report)
-    written: list[Path] = []
-    if config.out is not None:
-        files = write_extraction_report(report, config.out)
-        result.update(files)
-        written = _paths(files)
-        say(log, f"wrote {files['out']}, {files['markdown']} and {len(files['plots'])} plot(s)")
-    if config.tracking_uri is not None:
-        from workembed.tracking import log_evaluation
-
-        result["mlflow_run_id"] = log_evaluation(
-            config.tracking_uri,
-            config.experiment,
-            report["model"],
-            config.model_dump(mode="json", exclude={"tracking_uri"}),
-            result["results"],
-            written,
-            lambda folder: _paths(write_extraction_report(report, folder / "extraction.json")),
-        )
-        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
-    return result
+        report["results"][dataset.name] = evaluate_extraction(dataset, protocol, encoder, keep=keep)
+    return publish_report(report, config, write_extraction_report, "extraction.json")
 
 
 def sentence_filter(encoder: Encoder, location: str) -> Callable[[Sequence[str]], np.ndarray]:
@@ -284,7 +269,7 @@ def sentence_filter(encoder: Encoder, location: str) -> Callable[[Sequence[str]]
     folder = encoder.path if location == "model" else Path(resolve_data_path(location))
     found = read_skill_filter(folder)
     if found is None:
-        raise FileNotFoundError(
+        raise NotFoundError(
             f"no skill_filter.json in {folder}: fit one with `workembed run filter` (model {encoder.name})"
         )
     return lambda texts: found.keep(encoder.embed(list(texts), "skill_sentence"))
@@ -304,11 +289,6 @@ def write_extraction_report(report: Mapping[str, Any], out: str | Path) -> dict[
         title = f"{name}: calibration part ({result['calibration_queries']} sentences)"
         plots[name] = str(plot_threshold_curve(result["threshold_table"], result["threshold"], path, title))
     return {"out": str(json_path), "markdown": str(md_path), "plots": plots}
-
-
-def _paths(files: Mapping[str, Any]) -> list[Path]:
-    """The files of :func:`write_extraction_report`'s answer."""
-    return [Path(files["out"]), Path(files["markdown"]), *map(Path, files["plots"].values())]
 
 
 def extraction_markdown(report: Mapping[str, Any], digits: int = DIGITS) -> str:
@@ -362,12 +342,11 @@ def _skill_vectors(
     encoder: Encoder | None,
     given: np.ndarray | None,
     cache_dir: str | Path | None,
-    log: Log | None,
 ) -> np.ndarray:
     if given is None:
         if encoder is None:
             raise ValueError("give an encoder or skill_vectors to embed the skill space")
-        return target_embeddings(encoder, dataset.corpus, cache_dir, log, kind="skill_name")
+        return target_embeddings(encoder, dataset.corpus, cache_dir, kind="skill_name")
     if given.ndim != 2 or len(given) != len(dataset.corpus):
         raise ValueError(
             f"skill_vectors of shape {given.shape} for the {len(dataset.corpus)} skills of '{dataset.name}'"

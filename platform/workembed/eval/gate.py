@@ -9,29 +9,22 @@ from __future__ import annotations
 import math
 import os
 
-from workembed.log import Log
+from workembed.errors import DatasetError
 from workembed.registry.config import GateConfig
 
 
 def gate_scores(
-    model: str | os.PathLike, gate: GateConfig, cache_dir: str | None, log: Log | None = None
+    model: str | os.PathLike, gate: GateConfig, cache_dir: str | None
 ) -> dict[str, dict[str, float]]:
     """``{dataset: {metric: value}}`` of ``model`` (a model folder or ``minilm``) on the gate datasets."""
-    from workembed.config import resolve_data_path
-    from workembed.eval.runner import evaluate
-    from workembed.models import Encoder
+    from workembed.eval.runner import EvalConfig, evaluate
 
-    encoder = Encoder(model, max_length=gate.max_length, batch_size=gate.batch_size, device=gate.device)
-    report = evaluate(
-        [resolve_data_path(location) for location in gate.datasets],
-        model=encoder,
-        cache_dir=cache_dir,
-        log=log,
-    )
+    settings = gate.model_dump(include={"datasets", "batch_size", "max_length", "device"})
+    report = evaluate(EvalConfig(model=str(model), cache_dir=cache_dir, tracking_uri=None, **settings))
     scores = {}
     for dataset, systems in report["results"].items():
         values = {metric: systems[report["model"]][metric] for metric in gate.metrics}
         if any(math.isnan(value) for value in values.values()):
-            raise ValueError(f"gate dataset '{dataset}' has no query with a positive judgement")
+            raise DatasetError(f"gate dataset '{dataset}' has no query with a positive judgement")
         scores[dataset] = values
     return scores

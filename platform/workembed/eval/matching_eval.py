@@ -16,6 +16,7 @@ rounds the values (4 decimals) and writes the JSON and Markdown report.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,17 +26,19 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from workembed.data.matching import MatchingConfig
+from workembed.errors import DatasetError
 from workembed.eval.baselines import BASELINES
-from workembed.eval.matching_metrics import DEFAULT_KS, matching_metrics, random_rankings
-from workembed.eval.report import DIGITS, format_cell, rounded, write_json_and_markdown
+from workembed.eval.matching_metrics import matching_metrics, random_rankings
+from workembed.eval.report import DIGITS, format_cell, publish_report, write_json_and_markdown
 from workembed.eval.runner import EncoderEvalConfig
-from workembed.log import Log, say
 from workembed.retrieval.matching_dataset import Interaction, Item, matching_dataset, matching_folder
 from workembed.retrieval.ranking import encoder_ranking
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
     from workembed.models.document_model import DocumentModel
+
+logger = logging.getLogger(__name__)
 
 RANDOM = "random"
 Rankings = dict[str, list[str]]
@@ -91,24 +94,18 @@ def evaluate_matching(
     projects: Sequence[Item],
     profiles: Sequence[Item],
     interactions: Sequence[Interaction],
+    config: MatchingEvalConfig,
     encoder: Encoder | DocumentModel | None = None,
-    baselines: bool = False,
-    ks: Sequence[int] = DEFAULT_KS,
-    *,
-    seed: int = 0,
-    block_size: int = 1024,
-    cache_dir: str | Path | None = None,
-    log: Log | None = None,
 ) -> dict[str, Any]:
-    """Rank ``profiles`` for each of ``projects`` with ``encoder`` (a text encoder on the texts, or a
-    section document model on the project and profile sections) and, with ``baselines``, BM25, TF-IDF and
-    at random; the matching metrics of each system at each ``K`` of ``ks``."""
+    """Rank ``profiles`` for each of ``projects`` with ``config.model`` (a text encoder on the texts, or a
+    section document model on the project and profile sections; ``encoder``, already loaded, stands in for
+    it) and, with ``config.baselines``, BM25, TF-IDF and at random; the matching metrics of each system at
+    each ``K`` of ``config.ks``, unrounded."""
     queries, corpus = _texts(projects, "project"), _texts(profiles, "profile")
     _check_interactions(interactions, queries, corpus)
-    if not ks or min(ks) < 1:
-        raise ValueError(f"ks must hold cut-offs of at least 1, got {list(ks)}")
-    if encoder is None and not baselines:
-        raise ValueError("nothing to evaluate: give an encoder or set baselines")
+    if encoder is None and config.model is not None:
+        encoder = load_matching_encoder(config)
+    ks, block_size = config.ks, config.block_size
     k = max(ks)
     rankers: dict[str, Callable[[], Rankings]] = {}
     if encoder is not None and is_document_model(encoder):
@@ -119,16 +116,15 @@ def evaluate_matching(
             queries,
             corpus,
             k=k,
-            cache_dir=cache_dir,
+            cache_dir=config.cache_dir,
             block_size=block_size,
-            log=log,
             query_kind="brief_string",
             target_kind="candidate_profile_string",
         ).as_dict()
-    if baselines:
+    if config.baselines:
         for name, rank in BASELINES.items():
             rankers[name] = lambda rank=rank: rank(queries, corpus, k=k, block_size=block_size).as_dict()
-        rankers[RANDOM] = lambda: random_rankings(list(queries), list(corpus), k=k, seed=seed)
+        rankers[RANDOM] = lambda: random_rankings(list(queries), list(corpus), k=k, seed=config.seed)
     labels = [edge.label for edge in interactions]
     report: dict[str, Any] = {
         "model": encoder.name if encoder is not None else None,
@@ -142,9 +138,9 @@ def evaluate_matching(
         },
         "results": {},
     }
-    say(log, f"{len(queries)} projects x {len(corpus)} profiles, top {k}")
+    logger.info("%d projects x %d profiles, top %d", len(queries), len(corpus), k)
     for name, ranker in rankers.items():
-        say(log, f"ranking with {name}")
+        logger.info("ranking with %s", name)
         started = time.perf_counter()
         rankings = ranker()
         seconds = time.perf_counter() - started
@@ -153,11 +149,12 @@ def evaluate_matching(
     return report
 
 
-def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dict[str, Any]:
-    """Evaluate as ``config`` says, write the report files when ``config.out`` is set; return the rounded
-    report (with ``data`` naming the matching folder, and ``out`` and ``markdown`` the files written)."""
+def run_matching_eval(config: MatchingEvalConfig) -> dict[str, Any]:
+    """Evaluate as ``config`` says, write the report files when ``config.out`` is set and log the run to
+    MLflow when ``config.tracking_uri`` is set; return the rounded report (with ``data`` naming the matching
+    folder, ``out`` and ``markdown`` the files written, and ``mlflow_run_id``)."""
     folder = matching_folder(config.data, config.matching.directory)
-    say(log, f"deriving the labelled pairs from {folder}")
+    logger.info("deriving the labelled pairs from %s", folder)
     projects, profiles, interactions = matching_dataset(
         folder, config.matching.model_copy(update={"directory": "."})
     )
@@ -167,44 +164,11 @@ def run_matching_eval(config: MatchingEvalConfig, log: Log | None = None) -> dic
         kept = held_out_projects([p.id for p in projects], config.held_out, config.held_out_seed)
         projects = [p for p in projects if p.id in kept]
         interactions = [edge for edge in interactions if edge.project_id in kept]
-        say(log, f"{len(projects)} held-out projects (share {config.held_out}, seed {config.held_out_seed})")
-    encoder = None
-    if config.model is not None:
-        encoder = load_matching_encoder(config)
-    report = evaluate_matching(
-        projects,
-        profiles,
-        interactions,
-        encoder,
-        config.baselines,
-        config.ks,
-        seed=config.seed,
-        block_size=config.block_size,
-        cache_dir=config.cache_dir,
-        log=log,
-    )
-    report = {"data": str(folder), **report}
-    result = rounded(report)
-    written: list[Path] = []
-    if config.out is not None:
-        json_path, md_path = write_matching_report(report, config.out)
-        result.update(out=str(json_path), markdown=str(md_path))
-        written = [json_path, md_path]
-        say(log, f"wrote {json_path} and {md_path}")
-    if config.tracking_uri is not None:
-        from workembed.tracking import log_evaluation
-
-        result["mlflow_run_id"] = log_evaluation(
-            config.tracking_uri,
-            config.experiment,
-            str(report.get("model") or "baselines"),
-            config.model_dump(mode="json", exclude={"tracking_uri"}),
-            result["results"],
-            written,
-            lambda folder: list(write_matching_report(report, folder / "matching.json")),
+        logger.info(
+            "%d held-out projects (share %s, seed %s)", len(projects), config.held_out, config.held_out_seed
         )
-        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
-    return result
+    report = {"data": str(folder), **evaluate_matching(projects, profiles, interactions, config)}
+    return publish_report(report, config, _write_files, "matching.json")
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -234,6 +198,13 @@ def write_matching_report(report: dict[str, Any], out: str | Path) -> tuple[Path
     return write_json_and_markdown(report, out, matching_markdown(report))
 
 
+def _write_files(report: dict[str, Any], out: Path) -> dict[str, Any]:
+    """:func:`write_matching_report`'s files, named as :func:`~workembed.eval.report.publish_report` takes
+    them."""
+    json_path, md_path = write_matching_report(report, out)
+    return {"out": str(json_path), "markdown": str(md_path)}
+
+
 # ------------------------------------------------------------------------------------------ helpers
 
 
@@ -246,7 +217,6 @@ def is_document_model(model: object) -> bool:
 def load_matching_encoder(config: MatchingEvalConfig) -> Encoder | DocumentModel:
     """The model of ``config``: a section document model (two towers over project and profile sections)
     when its folder says so, else a text encoder."""
-    from workembed.models import Encoder
     from workembed.models.document_model import DocumentModel
     from workembed.models.folder import read_model_info, resolve_model_path
 
@@ -255,9 +225,7 @@ def load_matching_encoder(config: MatchingEvalConfig) -> Encoder | DocumentModel
         model = DocumentModel.load(path)
         model.name = str(config.model)
         return model
-    return Encoder(
-        config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
-    )
+    return config.load_encoder()
 
 
 def document_rankings(
@@ -276,11 +244,11 @@ def document_rankings(
 def _texts(items: Sequence[Item], kind: str) -> dict[str, str]:
     """``{id: text}``; an empty set or a repeated id is an error."""
     if not items:
-        raise ValueError(f"no {kind}s to evaluate: the {kind} set is empty")
+        raise DatasetError(f"no {kind}s to evaluate: the {kind} set is empty")
     texts = {item.id: item.text for item in items}
     if len(texts) != len(items):
         repeated = sorted(key for key, n in Counter(item.id for item in items).items() if n > 1)
-        raise ValueError(f"{kind} ids must be unique; repeated: {', '.join(repeated[:5])}")
+        raise DatasetError(f"{kind} ids must be unique; repeated: {', '.join(repeated[:5])}")
     return texts
 
 
@@ -289,9 +257,9 @@ def _check_interactions(
 ) -> None:
     for edge in interactions:
         if edge.label not in (1, -1):
-            raise ValueError(f"interaction ({edge.project_id}, {edge.profile_id}): label must be +1 or -1")
+            raise DatasetError(f"interaction ({edge.project_id}, {edge.profile_id}): label must be +1 or -1")
         if edge.project_id not in projects or edge.profile_id not in profiles:
-            raise ValueError(
+            raise DatasetError(
                 f"interaction ({edge.project_id}, {edge.profile_id}) names a project or profile that is not "
                 "in the evaluated sets"
             )

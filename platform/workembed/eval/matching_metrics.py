@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from workembed.data.matching import COMPATIBLE
+from workembed.errors import DatasetError
 from workembed.retrieval.matching_dataset import Interaction, Item
 
 Compatible = Callable[[str, str], bool | None]
@@ -168,6 +169,6 @@ def _labelled(interactions: Sequence[Interaction]) -> tuple[dict[str, set[str]],
     negatives: dict[str, set[str]] = {}
     for edge in interactions:
         if edge.label not in (1, -1):
-            raise ValueError(f"label must be +1 or -1, got {edge.label}")
+            raise DatasetError(f"label must be +1 or -1, got {edge.label}")
         (positives if edge.label > 0 else negatives).setdefault(edge.project_id, set()).add(edge.profile_id)
     return positives, negatives

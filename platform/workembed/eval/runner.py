@@ -12,9 +12,10 @@ to MLflow: the resolved config as parameters, every number of ``results`` as ``d
 
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,14 +25,15 @@ from pydantic import Field, field_validator
 from workembed.config import Config, resolve_data_path
 from workembed.eval.baselines import BASELINES
 from workembed.eval.metrics import mean_metrics
-from workembed.eval.report import rounded, write_report
-from workembed.log import Log, say
+from workembed.eval.report import publish_report, write_report
 from workembed.retrieval.ranking import Ranking, Scorer, encoder_ranking
-from workembed.retrieval.ranking_dataset import RankingDataset, read_dataset
+from workembed.retrieval.ranking_dataset import RankingDataset, check_distinct_names, read_dataset
 from workembed.retrieval.ray_embedding import RayEmbedding
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/workembed/targets"
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -69,6 +71,12 @@ class EncoderEvalConfig(Config):
             raise ValueError("must not end in .md: the Markdown table is written beside it with that suffix")
         return value
 
+    def load_encoder(self) -> Encoder:
+        """The text encoder of ``model``, run with this config's batch size, max length and device."""
+        from workembed.models import Encoder
+
+        return Encoder(self.model, max_length=self.max_length, batch_size=self.batch_size, device=self.device)
+
 
 class EvalConfig(EncoderEvalConfig):
     """Settings of ``workembed eval``."""
@@ -99,40 +107,23 @@ class EvalConfig(EncoderEvalConfig):
     )
 
 
-def evaluate(
-    datasets: Sequence[RankingDataset | str | Path],
-    model: str | Path | Encoder = "minilm",
-    baselines: bool = False,
-    k: int = 100,
-    scorer: Scorer = "cosine",
-    *,
-    temperature: float = 0.05,
-    batch_size: int = 64,
-    max_length: int = 256,
-    block_size: int = 1024,
-    device: str = "cpu",
-    cache_dir: str | Path | None = None,
-    ray: RayEmbedding | None = None,
-    log: Log | None = None,
-) -> dict[str, Any]:
-    """Evaluate ``model`` (a name, a model directory or an :class:`~workembed.models.Encoder`) and,
-    with ``baselines``, BM25 and TF-IDF on each dataset (a :class:`RankingDataset` or a folder)."""
-    from workembed.models import Encoder
-
-    loaded = [item if isinstance(item, RankingDataset) else read_dataset(item) for item in datasets]
-    names = [dataset.name for dataset in loaded]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"several datasets are named {', '.join(duplicates)}: give them distinct meta names")
-    encoder = (
-        model
-        if isinstance(model, Encoder)
-        else Encoder(model, max_length=max_length, batch_size=batch_size, device=device)
-    )
-    report: dict[str, Any] = {"model": encoder.name, "scorer": scorer, "k": k, "datasets": {}, "results": {}}
-    if scorer == "late-interaction":
-        report["temperature"] = temperature
-    for dataset in loaded:
+def evaluate(config: EvalConfig, encoder: Encoder | None = None) -> dict[str, Any]:
+    """Evaluate ``config.model`` and, with ``config.baselines``, BM25 and TF-IDF on each of
+    ``config.datasets``; the report, unrounded. A loaded ``encoder`` stands in for ``config.model`` (and its
+    batch size, max length and device)."""
+    datasets = read_datasets(config.datasets)
+    if encoder is None:
+        encoder = config.load_encoder()
+    report: dict[str, Any] = {
+        "model": encoder.name,
+        "scorer": config.scorer,
+        "k": config.k,
+        "datasets": {},
+        "results": {},
+    }
+    if config.scorer == "late-interaction":
+        report["temperature"] = config.temperature
+    for dataset in datasets:
         evaluable = dataset.evaluable_queries()
         queries = {qid: dataset.queries[qid] for qid in evaluable}
         report["datasets"][dataset.name] = {
@@ -141,30 +132,31 @@ def evaluate(
             "queries_without_positives": dataset.queries_without_positives,
             **{key: dataset.meta[key] for key in ("language", "direction") if key in dataset.meta},
         }
-        say(log, f"{dataset.name}: {len(queries)} queries x {len(dataset.corpus)} targets")
+        logger.info("%s: %d queries x %d targets", dataset.name, len(queries), len(dataset.corpus))
         rankers: dict[str, Callable[[], Ranking]] = {
             encoder.name: partial(
                 encoder_ranking,
                 encoder,
                 queries,
                 dataset.corpus,
-                k=k,
-                scorer=scorer,
-                temperature=temperature,
-                cache_dir=cache_dir,
-                ray=ray,
-                block_size=block_size,
-                log=log,
+                k=config.k,
+                scorer=config.scorer,
+                temperature=config.temperature,
+                cache_dir=config.cache_dir,
+                ray=config.ray,
+                block_size=config.block_size,
                 **dict(zip(("query_kind", "target_kind"), input_kinds(dataset.meta), strict=True)),
             )
         }
-        if baselines:
+        if config.baselines:
             for name, rank in BASELINES.items():
-                rankers[name] = partial(rank, queries, dataset.corpus, k=k, block_size=block_size)
+                rankers[name] = partial(
+                    rank, queries, dataset.corpus, k=config.k, block_size=config.block_size
+                )
         systems: dict[str, Any] = {}
         for name, ranker in rankers.items():
             if name != encoder.name:
-                say(log, f"{dataset.name}: {name}")
+                logger.info("%s: %s", dataset.name, name)
             started = time.perf_counter()
             ranking = ranker() if queries else None  # no query with a positive: nothing to rank
             systems[name] = _summary(dataset, ranking, time.perf_counter() - started)
@@ -195,47 +187,27 @@ def input_kinds(meta: dict[str, Any]) -> tuple[str | None, str | None]:
     return given.get("query", derived[0]), given.get("target", derived[1])
 
 
-def run_eval(config: EvalConfig, log: Log | None = None) -> dict[str, Any]:
+def run_eval(config: EvalConfig) -> dict[str, Any]:
     """Evaluate as ``config`` says, write the report files when ``config.out`` is set and log the run to
     MLflow when ``config.tracking_uri`` is set (the files then go to a temporary folder when ``out`` is
     unset); return the rounded report (with ``out``, ``markdown`` and ``plots`` naming the files written,
     and ``mlflow_run_id``)."""
-    report = evaluate(
-        [resolve_data_path(location) for location in config.datasets],
-        model=config.model,
-        baselines=config.baselines,
-        k=config.k,
-        scorer=config.scorer,
-        temperature=config.temperature,
-        batch_size=config.batch_size,
-        max_length=config.max_length,
-        block_size=config.block_size,
-        device=config.device,
-        cache_dir=config.cache_dir,
-        ray=config.ray,
-        log=log,
-    )
-    result = rounded(report)
-    files: dict[str, Path] = {}
-    if config.out is not None:
-        files = write_report(report, config.out)
-        plots = {metric: str(path) for metric, path in files.items() if metric not in ("json", "markdown")}
-        result.update(out=str(files["json"]), markdown=str(files["markdown"]), plots=plots)
-        say(log, f"wrote {files['json']}, {files['markdown']} and {len(plots)} plot(s)")
-    if config.tracking_uri is not None:
-        from workembed.tracking import log_evaluation
+    return publish_report(evaluate(config), config, _write_files, "eval.json")
 
-        result["mlflow_run_id"] = log_evaluation(
-            config.tracking_uri,
-            config.experiment,
-            report["model"],
-            config.model_dump(mode="json", exclude={"tracking_uri"}),
-            result["results"],
-            list(files.values()),
-            lambda folder: list(write_report(report, folder / "eval.json").values()),
-        )
-        say(log, f"logged MLflow run {result['mlflow_run_id']} to experiment '{config.experiment}'")
-    return result
+
+def read_datasets(locations: Sequence[str]) -> list[RankingDataset]:
+    """The ranking datasets in the folders ``locations`` (relative paths resolve against the data root);
+    their names must be distinct."""
+    datasets = [read_dataset(resolve_data_path(location)) for location in locations]
+    check_distinct_names(datasets)
+    return datasets
+
+
+def _write_files(report: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """:func:`write_report`'s files, named as :func:`publish_report` takes them."""
+    files = write_report(report, out)
+    plots = {metric: str(path) for metric, path in files.items() if metric not in ("json", "markdown")}
+    return {"out": str(files["json"]), "markdown": str(files["markdown"]), "plots": plots}
 
 
 def _summary(dataset: RankingDataset, ranking: Ranking | None, seconds: float) -> dict[str, Any]:

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from workembed.log import Log
+from workembed.errors import ConfigError, DatasetError
 from workembed.retrieval.embedding import pooled_embeddings, query_token_vectors, target_embeddings
 from workembed.retrieval.ranking import SCORERS, Scorer
-from workembed.retrieval.ranking_dataset import RankingDataset
+from workembed.retrieval.ranking_dataset import RankingDataset, check_distinct_names
 from workembed.retrieval.scoring import late_interaction_scores
 
 if TYPE_CHECKING:
@@ -156,12 +156,11 @@ def _model_class() -> type:
             cache_dir: str | Path | None = None,
             ray: RayEmbedding | None = None,
             name: str | None = None,
-            log: Log | None = None,
         ):
             if scorer not in SCORERS:
-                raise ValueError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
+                raise ConfigError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
             if temperature <= 0 or block_size < 1:
-                raise ValueError("temperature must be positive and block_size at least 1")
+                raise ConfigError("temperature must be positive and block_size at least 1")
             self.encoder = (
                 model
                 if isinstance(model, Encoder)
@@ -172,7 +171,6 @@ def _model_class() -> type:
             self.block_size = block_size
             self.cache_dir = cache_dir
             self.ray = ray
-            self.log = log
             suffix = "" if scorer == "cosine" else f"-{scorer}"
             self._name = name or f"workembed-{Path(self.encoder.name).name}{suffix}"
 
@@ -199,14 +197,11 @@ def _model_class() -> type:
             projection model's side for queries and targets."""
             corpus = {str(position): text for position, text in enumerate(targets)}
             pooled_targets = target_embeddings(
-                self.encoder, corpus, self.cache_dir, self.log, ray=self.ray, kind=target_kind
+                self.encoder, corpus, self.cache_dir, ray=self.ray, kind=target_kind
             )
             if self.scorer == "cosine":
                 queries = list(queries)
-                return (
-                    pooled_embeddings(self.encoder, queries, self.ray, self.log, query_kind)
-                    @ pooled_targets.T
-                )
+                return pooled_embeddings(self.encoder, queries, self.ray, query_kind) @ pooled_targets.T
             out = np.empty((len(queries), len(targets)), dtype=np.float32)
             for start in range(0, len(queries), self.block_size):
                 stop = min(start + self.block_size, len(queries))
@@ -262,16 +257,11 @@ def _task_class() -> type:
             languages: list[str] | None = None,
             split: str = "test",
         ):
-            names = [dataset.name for dataset in datasets]
-            if not names:
-                raise ValueError("datasets is empty: give at least one ranking dataset")
-            duplicates = sorted({item for item in names if names.count(item) > 1})
-            if duplicates:
-                raise ValueError(
-                    f"several datasets are named {', '.join(duplicates)}: names must be distinct"
-                )
+            if not datasets:
+                raise ConfigError("datasets is empty: give at least one ranking dataset")
+            check_distinct_names(datasets)
             if gain not in ("linear", "exponential"):
-                raise ValueError(f"gain must be 'linear' or 'exponential', got {gain!r}")
+                raise ConfigError(f"gain must be 'linear' or 'exponential', got {gain!r}")
             self._sources = {dataset.name: dataset for dataset in datasets}
             self._languages = {dataset.name: _dataset_languages(api, dataset) for dataset in datasets}
             self._name = name
@@ -356,7 +346,7 @@ def _dataset_languages(api: SimpleNamespace, dataset: RankingDataset):
         query_language, target_language = api.Language(query_code), api.Language(target_code)
     except ValueError:
         known = ", ".join(language.value for language in api.Language)
-        raise ValueError(
+        raise DatasetError(
             f"dataset {dataset.name}: meta.json language {query_code!r} / corpus_language {target_code!r} "
             f"is not a WorkRB language ({known})"
         ) from None

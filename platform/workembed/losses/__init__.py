@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from workembed.config import Config
+from workembed.errors import ConfigError
 from workembed.losses.adjacency import extend_adjacency
 from workembed.losses.adjacency_infonce import AdjacencyInfoNCELoss
 from workembed.losses.adjacency_triplet import AdjacencyTripletLoss
@@ -34,12 +35,12 @@ LOSSES: dict[str, type[nn.Module]] = {
 def build_loss(name: str, **params: Any) -> nn.Module:
     """The loss registered as ``name``, constructed with ``params``."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})")
+        raise ConfigError(f"unknown loss '{name}' (known: {', '.join(LOSSES)})")
     cls = LOSSES[name]
     accepted = [key for key in inspect.signature(cls.__init__).parameters if key != "self"]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"loss '{name}' has no parameter {', '.join(unknown)} (it takes {', '.join(accepted)})"
         )
     return cls(**params)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workembed.errors import ConfigError
 from workembed.losses.adjacency import check_adjacency, joint_batch, side_average
 from workembed.losses.output import LossOutput
 
@@ -59,9 +60,9 @@ class AdjacencyInfoNCELoss(nn.Module):
         """
         super().__init__()
         if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise ValueError(f"temperature must be a number, got {temperature!r}")
+            raise ConfigError(f"temperature must be a number, got {temperature!r}")
         if not math.isfinite(temperature) or temperature <= 0:
-            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+            raise ConfigError(f"temperature must be positive and finite, got {temperature}")
         self.temperature = float(temperature)
 
     def forward(self, projects: Tensor, profiles: Tensor, adjacency: Tensor) -> LossOutput:

@@ -7,6 +7,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workembed.errors import ConfigError
 from workembed.losses.adjacency import check_adjacency, joint_batch, side_average
 from workembed.losses.output import LossOutput
 
@@ -51,9 +52,9 @@ class AdjacencyTripletLoss(nn.Module):
         """
         super().__init__()
         if isinstance(margin, bool) or not isinstance(margin, int | float):
-            raise ValueError(f"margin must be a number, got {margin!r}")
+            raise ConfigError(f"margin must be a number, got {margin!r}")
         if not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin must be non-negative and finite, got {margin}")
+            raise ConfigError(f"margin must be non-negative and finite, got {margin}")
         self.margin = float(margin)
 
     def forward(self, projects: Tensor, profiles: Tensor, adjacency: Tensor) -> LossOutput:

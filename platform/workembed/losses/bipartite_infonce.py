@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workembed.errors import ConfigError
 from workembed.losses.output import LossOutput
 
 
@@ -85,16 +86,16 @@ class BipartiteInfoNCELoss(nn.Module):
         """
         super().__init__()
         if any(isinstance(values, str) for values in (temperature, weights, task_names)):
-            raise ValueError("temperature, weights and task_names take a number or a list, not a string")
+            raise ConfigError("temperature, weights and task_names take a number or a list, not a string")
         sizes = {
             len(values)
             for values in (temperature, weights, task_names)
             if values is not None and not isinstance(values, int | float)
         }
         if 0 in sizes:
-            raise ValueError("temperature, weights and task_names must not be empty lists")
+            raise ConfigError("temperature, weights and task_names must not be empty lists")
         if len(sizes) > 1:
-            raise ValueError(
+            raise ConfigError(
                 "temperature, weights and task_names must give the same number of tasks, "
                 f"got sizes {sorted(sizes)}"
             )
@@ -102,12 +103,12 @@ class BipartiteInfoNCELoss(nn.Module):
         n_values = self.n_tasks or 1
         temperatures = _floats("temperature", temperature, n_values)
         if any(not math.isfinite(t) or t <= 0 for t in temperatures):
-            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+            raise ConfigError(f"temperature must be positive and finite, got {temperature}")
         task_weights = _floats("weights", weights, n_values)
         if any(not math.isfinite(w) or w < 0 for w in task_weights):
-            raise ValueError(f"weights must be non-negative and finite, got {weights}")
+            raise ConfigError(f"weights must be non-negative and finite, got {weights}")
         if not isinstance(symmetric, bool):
-            raise ValueError(f"symmetric must be true or false, got {symmetric!r}")
+            raise ConfigError(f"symmetric must be true or false, got {symmetric!r}")
         self.temperatures = temperatures
         self.weights = task_weights
         self.task_names = None if task_names is None else tuple(task_names)
@@ -222,4 +223,4 @@ def _floats(name: str, values: float | Sequence[float], size: int) -> tuple[floa
             return (float(values),) * size
         return tuple(float(value) for value in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or a list of numbers, got {values!r}") from None
+        raise ConfigError(f"{name} must be a number or a list of numbers, got {values!r}") from None

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from workembed.errors import ConfigError, InputError
 from workembed.models.folder import (
     FORMAT_VERSION,
     load_head_weights,
@@ -85,10 +86,10 @@ class DocumentModel(SectionDocumentEncoder):
         from transformers import AutoModel, AutoTokenizer
 
         if head.name != "section":
-            raise ValueError(f"a document model needs the 'section' head, got '{head.name}'")
+            raise ConfigError(f"a document model needs the 'section' head, got '{head.name}'")
         if (head.num_section_types or 0) < len(SECTION_TYPES):
             types = ", ".join(SECTION_TYPES)
-            raise ValueError(f"the section head needs num_section_types >= {len(SECTION_TYPES)} ({types})")
+            raise ConfigError(f"the section head needs num_section_types >= {len(SECTION_TYPES)} ({types})")
         path = resolve_model_path(backbone)
         try:  # the unused pooler would only take memory
             network = AutoModel.from_pretrained(path, add_pooling_layer=False)
@@ -108,7 +109,7 @@ class DocumentModel(SectionDocumentEncoder):
         """A saved document model folder (see the module docstring)."""
         info = read_model_info(directory)
         if info.get("pooling") != "section":
-            raise ValueError(f"{directory} is not a section document model (pooling: {info.get('pooling')})")
+            raise InputError(f"{directory} is not a section document model (pooling: {info.get('pooling')})")
         model = cls.build(
             directory, HeadConfig.model_validate(info["head"]), int(info.get("max_section_length", 128))
         )

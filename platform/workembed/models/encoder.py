@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workembed.errors import InputError
 from workembed.models.folder import (
     MINILM,
     has_head_weights,
@@ -109,7 +110,7 @@ class Encoder:
             return None
         side = self.input_sides.get(kind or "default", self.input_sides.get("default"))
         if side is None:
-            raise ValueError(
+            raise InputError(
                 f"this model projects each kind of text through its own side; it has none for kind "
                 f"'{kind}' (input_sides: {self.input_sides}; add a 'default')"
             )
@@ -166,7 +167,7 @@ def load_head(path: Path, hidden_size: int, device: torch.device) -> tuple[torch
         return None, {}
     config = HeadConfig.model_validate(info)
     if config.name == "section":
-        raise ValueError(
+        raise InputError(
             f"{path} is a section document model (projects and profiles as sections): load it with "
             "workembed.models.document_model.DocumentModel or evaluate it with `workembed eval matching`"
         )

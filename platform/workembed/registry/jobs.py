@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from workembed.log import Log
+from workembed.errors import RegistryError
 from workembed.registry.config import RegistryConfig
 from workembed.registry.gate import GateScores
 from workembed.registry.register import Calibrate
@@ -50,9 +50,7 @@ class PromoteStageConfig(RegistryConfig):
     force: bool = Field(False, description="Move the alias even if the gate fails (recorded as forced).")
 
 
-def run_register(
-    config: RegisterStageConfig, log: Log | None = None, *, calibrate: Calibrate
-) -> dict[str, Any]:
+def run_register(config: RegisterStageConfig, *, calibrate: Calibrate) -> dict[str, Any]:
     """Register the configured model folder or training run, calibrating with ``calibrate`` (see
     :func:`~workembed.registry.register.register_model`)."""
     from workembed.config import resolve_data_path
@@ -71,17 +69,15 @@ def run_register(
         }
         run_id = training_run(client, info, None)
         if run_id is None:
-            raise ValueError(
+            raise RegistryError(
                 f"no MLflow run named '{config.run_name}' in experiment '{config.training_experiment}'"
             )
     return register_model(
-        config, calibrate=calibrate, model_dir=model_dir, run_id=run_id, report=config.report, log=log
+        config, calibrate=calibrate, model_dir=model_dir, run_id=run_id, report=config.report
     )
 
 
-def run_promote(
-    config: PromoteStageConfig, log: Log | None = None, *, gate_scores: GateScores
-) -> dict[str, Any]:
+def run_promote(config: PromoteStageConfig, *, gate_scores: GateScores) -> dict[str, Any]:
     """Promote the configured (or latest) version through the gate scored by ``gate_scores`` (see
     :func:`~workembed.registry.promotion.promote`)."""
     from mlflow import MlflowClient
@@ -93,6 +89,6 @@ def run_promote(
         client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
         versions = [int(v.version) for v in client.search_model_versions(f"name = '{config.name}'")]
         if not versions:
-            raise ValueError(f"registered model '{config.name}' has no versions to promote")
+            raise RegistryError(f"registered model '{config.name}' has no versions to promote")
         version = str(max(versions))
-    return promote(config, version, config.alias, gate_scores=gate_scores, force=config.force, log=log)
+    return promote(config, version, config.alias, gate_scores=gate_scores, force=config.force)

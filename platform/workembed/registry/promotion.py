@@ -15,20 +15,23 @@ version's last turn, or appending it), and tags that version ``workembed.rollbac
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from workembed.errors import ConfigError, RegistryError
 from workembed.formatting import rounded
-from workembed.log import Log, say
 from workembed.registry import tags
 from workembed.registry.config import RegistryConfig
 from workembed.registry.gate import REGRESSED, GateScores, compare, markdown
 from workembed.registry.versions import model_version, registered_model
 
+logger = logging.getLogger(__name__)
+
 BASELINE = "minilm"
 """The holder a candidate is compared with while no version holds the alias."""
 
 
-class PromotionRefused(RuntimeError):
+class PromotionRefused(RegistryError, RuntimeError):
     """The gate refused a promotion; ``result`` is the recorded decision with its table."""
 
     def __init__(self, result: dict[str, Any]):
@@ -47,7 +50,6 @@ def promote(
     *,
     gate_scores: GateScores,
     force: bool = False,
-    log: Log | None = None,
 ) -> dict[str, Any]:
     """Gate version ``version`` of ``config.name`` against the holder of ``alias`` (both scored by
     ``gate_scores``) and move the alias when it passes or ``force`` is set; returns the decision (name,
@@ -60,17 +62,17 @@ def promote(
     candidate = model_version(client, config.name, version)
     holder = model.aliases.get(alias)
     if holder == candidate.version:
-        raise ValueError(f"version {holder} of '{config.name}' already holds alias '{alias}'")
+        raise RegistryError(f"version {holder} of '{config.name}' already holds alias '{alias}'")
     gate = config.gate
     if not gate.datasets and not force:
-        raise ValueError("gate.datasets is empty: configure the gate datasets (or promote with --force)")
+        raise ConfigError("gate.datasets is empty: configure the gate datasets (or promote with --force)")
     reasons, rows = [], []
     if tags.EXTRACTION_THRESHOLD not in candidate.tags:
         reasons.append("the candidate has no calibrated extraction threshold (register it with calibration)")
     if gate.datasets and (force or not reasons):
-        say(log, f"gate: version {candidate.version} vs {_label(config.name, holder)}")
-        before = gate_scores(_folder(config, holder), gate, config.cache_dir, log)
-        after = gate_scores(_folder(config, candidate.version), gate, config.cache_dir, log)
+        logger.info("gate: version %s vs %s", candidate.version, _label(config.name, holder))
+        before = gate_scores(_folder(config, holder), gate, config.cache_dir)
+        after = gate_scores(_folder(config, candidate.version), gate, config.cache_dir)
         rows = rounded({"rows": compare(before, after, gate.metrics, gate.tolerance)})["rows"]
         regressed = sum(row["verdict"] == REGRESSED for row in rows)
         if regressed:
@@ -97,13 +99,11 @@ def promote(
         history.append(holder)  # the alias was set outside the registry commands
     history.append(candidate.version)
     move_alias(client, config.name, alias, candidate.version, history)
-    say(log, f"{decision}: '{alias}' → {config.name} version {candidate.version}")
+    logger.info("%s: '%s' → %s version %s", decision, alias, config.name, candidate.version)
     return {**result, "history": history}
 
 
-def rollback(
-    config: RegistryConfig, alias: str, *, to: str | int | None = None, log: Log | None = None
-) -> dict[str, Any]:
+def rollback(config: RegistryConfig, alias: str, *, to: str | int | None = None) -> dict[str, Any]:
     """Move ``alias`` back to its previous holder (or to version ``to``); returns name, alias, from, to,
     history, by, at."""
     from mlflow import MlflowClient
@@ -112,18 +112,18 @@ def rollback(
     model = registered_model(client, config.name)
     holder = model.aliases.get(alias)
     if holder is None:
-        raise ValueError(f"no version of '{config.name}' holds alias '{alias}'")
+        raise RegistryError(f"no version of '{config.name}' holds alias '{alias}'")
     history = alias_history(model, alias)
     if to is None:
         while history and history[-1] == holder:
             history.pop()
         if not history:
-            raise ValueError(f"alias '{alias}' of '{config.name}' has no previous holder to roll back to")
+            raise RegistryError(f"alias '{alias}' of '{config.name}' has no previous holder to roll back to")
         target = history[-1]
     else:
         target = model_version(client, config.name, to).version
         if target == holder:
-            raise ValueError(f"version {target} of '{config.name}' already holds alias '{alias}'")
+            raise RegistryError(f"version {target} of '{config.name}' already holds alias '{alias}'")
         if target in history:  # back to its last turn: the turns after it are undone
             history = history[: len(history) - history[::-1].index(target)]
         else:
@@ -131,7 +131,7 @@ def rollback(
     record = {"from": holder, "to": target, **tags.stamp()}
     client.set_model_version_tag(config.name, target, tags.rollback_tag(alias), tags.dumps(record))
     move_alias(client, config.name, alias, target, history)
-    say(log, f"rolled back '{alias}' of {config.name}: version {holder} → {target}")
+    logger.info("rolled back '%s' of %s: version %s → %s", alias, config.name, holder, target)
     return {"name": config.name, "alias": alias, **record, "history": history}
 
 

@@ -18,6 +18,8 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from workembed.errors import InputError
+
 MODEL_ARTIFACT = "model"
 PIP_PACKAGES = ("torch", "transformers", "numpy", "mlflow")
 DEFAULT_K = 10
@@ -73,7 +75,7 @@ class EncoderPyfunc(mlflow.pyfunc.PythonModel):
             return pd.DataFrame({"embedding": [row.tolist() for row in self.encoder.embed(texts)]})
         k = int(params.get("k", DEFAULT_K))
         if k < 1:
-            raise ValueError(f"params.k must be at least 1, got {k}")
+            raise InputError(f"params.k must be at least 1, got {k}")
         return pd.DataFrame(rank(self.encoder.embed(texts), self.encoder.embed(candidates), candidates, k))
 
 

@@ -14,6 +14,7 @@ evaluation report given with it is logged to the registration run under ``report
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -22,12 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from workembed.log import Log, say
+from workembed.errors import InputError, NotFoundError
 from workembed.registry import tags
 from workembed.registry.config import TRACKING_URI_ENV, CalibrationConfig, RegistryConfig
 
 if TYPE_CHECKING:
     from workembed.models.extraction_settings import ExtractionSettings
+
+logger = logging.getLogger(__name__)
 
 RUN_MODEL_PATH = "model"
 """Where the trainer logs the model folder in its run (``runs:/RUN_ID/model``)."""
@@ -39,9 +42,7 @@ class Calibrate(Protocol):
     evaluation registration runs. The command layer passes :func:`workembed.eval.calibration.calibrate`; the
     registry never imports evaluation."""
 
-    def __call__(
-        self, model_dir: Path, config: CalibrationConfig, log: Log | None = None
-    ) -> ExtractionSettings: ...
+    def __call__(self, model_dir: Path, config: CalibrationConfig) -> ExtractionSettings: ...
 
 
 def register_model(
@@ -51,7 +52,6 @@ def register_model(
     model_dir: str | os.PathLike | None = None,
     run_id: str | None = None,
     report: str | os.PathLike | None = None,
-    log: Log | None = None,
 ) -> dict[str, Any]:
     """Register the model folder ``model_dir`` or the ``model`` artifact of training run ``run_id`` (exactly
     one) as a new version of ``config.name``, its extraction threshold calibrated by ``calibrate`` when
@@ -64,9 +64,9 @@ def register_model(
     from workembed.registry.lineage import lineage_tags
 
     if (model_dir is None) == (run_id is None):
-        raise ValueError("register: give exactly one of a model folder (--model) or a training run (--run)")
+        raise InputError("register: give exactly one of a model folder (--model) or a training run (--run)")
     if report is not None and not Path(report).is_file():
-        raise FileNotFoundError(f"evaluation report not found: {report}")
+        raise NotFoundError(f"evaluation report not found: {report}")
     client = MlflowClient(tracking_uri=config.tracking_uri)
     folder, source = source_folder(config, model_dir, run_id)
     info = read_model_info(folder)
@@ -75,8 +75,10 @@ def register_model(
         staging = Path(scratch) / RUN_MODEL_PATH
         shutil.copytree(folder, staging)
         if config.calibration.datasets:
-            say(log, f"calibrating the extraction threshold on {len(config.calibration.datasets)} dataset(s)")
-            settings = calibrate(staging, config.calibration, log)
+            logger.info(
+                "calibrating the extraction threshold on %d dataset(s)", len(config.calibration.datasets)
+            )
+            settings = calibrate(staging, config.calibration)
             write_extraction_settings(staging, settings)
         else:
             settings = read_extraction_settings(staging)
@@ -87,7 +89,7 @@ def register_model(
         version_tags[tags.EVAL_REPORT] = f"runs:/{run}/{REPORT_PATH}/{Path(report).name}"
     for key, value in version_tags.items():
         client.set_model_version_tag(config.name, version, key, value)
-    say(log, f"registered {config.name} version {version} from {source}")
+    logger.info("registered %s version %s from %s", config.name, version, source)
     return {
         "name": config.name,
         "version": version,
@@ -111,7 +113,7 @@ def source_folder(
         return download_model(uri, tracking_uri=config.tracking_uri), uri
     folder = Path(model_dir).expanduser().resolve()
     if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {model_dir}")
+        raise NotFoundError(f"model folder not found: {model_dir}")
     return resolve_model_path(folder), str(folder)
 
 

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from workembed.errors import InputError, NotFoundError
 from workembed.registry import tags
 from workembed.registry.config import RegistryConfig
 
@@ -19,7 +20,7 @@ def registered_model(client: Any, name: str):
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        raise FileNotFoundError(f"no registered model '{name}' at {client.tracking_uri}") from None
+        raise NotFoundError(f"no registered model '{name}' at {client.tracking_uri}") from None
 
 
 def model_version(client: Any, name: str, version: str | int):
@@ -28,13 +29,13 @@ def model_version(client: Any, name: str, version: str | int):
 
     text = str(version)
     if not text.isdigit():
-        raise ValueError(f"a model version is a positive integer, got '{text}'")
+        raise InputError(f"a model version is a positive integer, got '{text}'")
     try:
         return client.get_model_version(name, text)
     except MlflowException as err:
         if err.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-        raise FileNotFoundError(f"registered model '{name}' has no version {text}") from None
+        raise NotFoundError(f"registered model '{name}' has no version {text}") from None
 
 
 def list_versions(config: RegistryConfig) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workembed.errors import DatasetError
 from workembed.retrieval.esco_concepts import concept_id, esco_corpus, esco_info, label_key, tidy
 from workembed.retrieval.ranking_dataset import RankingDataset, ranking_dataset
 from workembed.taxonomy import Taxonomy
@@ -42,7 +43,7 @@ JOBBERT_TITLES = "job_normalization/jobbert_titles_validation.csv"
 MELO_DIR = "melo"
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(DatasetError):
     """A benchmark file is missing, lacks a column or holds a value that cannot be read."""
 
 

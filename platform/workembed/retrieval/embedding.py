@@ -9,6 +9,7 @@ query tokens are always embedded in this process.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -17,19 +18,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from workembed.log import Log
 from workembed.retrieval.ray_embedding import RayEmbedding, embed_with_ray, model_reference
 from workembed.retrieval.scoring import l2_normalize
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
 
+logger = logging.getLogger(__name__)
+
 
 def pooled_embeddings(
     encoder: Encoder,
     texts: Sequence[str],
     ray: RayEmbedding | None = None,
-    log: Log | None = None,
     kind: str | None = None,
 ) -> np.ndarray:
     """L2-normalised pooled embeddings of ``texts`` (of input ``kind``, which picks a projection model's
@@ -47,7 +48,6 @@ def pooled_embeddings(
         ray_address=ray.address,
         num_cpus=ray.num_cpus,
         num_gpus=ray.num_gpus,
-        log=log,
         kind=kind,
     )
 
@@ -103,7 +103,6 @@ def target_embeddings(
     encoder: Encoder,
     corpus: Mapping[str, str],
     cache_dir: str | Path | None = None,
-    log: Log | None = None,
     *,
     ray: RayEmbedding | None = None,
     kind: str | None = None,
@@ -118,12 +117,10 @@ def target_embeddings(
         except (OSError, ValueError):
             cached = None
         if cached is not None and cached.shape == (len(corpus), encoder.output_dim):
-            if log is not None:
-                log(f"target embeddings from cache {path}")
+            logger.info("target embeddings from cache %s", path)
             return cached
-    if log is not None:
-        log(f"embedding {len(corpus)} targets with {encoder.name}")
-    vectors = pooled_embeddings(encoder, list(corpus.values()), ray, log, kind)
+    logger.info("embedding %d targets with %s", len(corpus), encoder.name)
+    vectors = pooled_embeddings(encoder, list(corpus.values()), ray, kind)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(f".{os.getpid()}.tmp.npy")

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+from workembed.errors import DatasetError
 from workembed.taxonomy import Occupation, Skill, Taxonomy
 
 SPLIT_FILE = "split.json"
@@ -52,7 +53,7 @@ def concept_ids(concepts: Mapping[str, Skill | Occupation], kind: str) -> dict[s
     ids = {uri: concept_id(uri) for uri in concepts}
     if len(set(ids.values())) != len(ids):
         clash = [i for i, n in Counter(ids.values()).items() if n > 1][:3]
-        raise ValueError(f"{kind} URIs share ids (last path segment): {clash}")
+        raise DatasetError(f"{kind} URIs share ids (last path segment): {clash}")
     return ids
 
 

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from workembed.data.skillspan import read_skillspan
+from workembed.errors import DatasetError, NotFoundError
 
 _NOT_ALNUM = re.compile(r"[\W_]+")
 
@@ -49,7 +50,7 @@ def benchmark_texts(benchmarks: str | Path, titles: bool = True) -> dict[str, fr
     if titles:
         melo = sorted(root.glob(MELO_QUERIES))
         if not melo:
-            raise FileNotFoundError(f"no MELO queries ({MELO_QUERIES}) under {root}")
+            raise NotFoundError(f"no MELO queries ({MELO_QUERIES}) under {root}")
         for path in melo:
             with path.open(encoding="utf-8", newline="") as rows:
                 found[str(path.relative_to(root))] = {
@@ -76,9 +77,9 @@ def leaked(texts: Iterable[str], benchmark: Mapping[str, frozenset[str]]) -> dic
 
 def _csv_column(path: Path, column: str) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
+        raise NotFoundError(f"benchmark file not found: {path}")
     with path.open(encoding="utf-8", newline="") as rows:
         reader = csv.DictReader(rows)
         if column not in (reader.fieldnames or []):
-            raise ValueError(f"{path} has no '{column}' column")
+            raise DatasetError(f"{path} has no '{column}' column")
         return [row[column] or "" for row in reader]

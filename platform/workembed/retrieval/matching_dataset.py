@@ -27,6 +27,7 @@ from workembed.data.matching import (
     mention_counts,
     skill_edges,
 )
+from workembed.errors import NotFoundError
 
 
 @dataclass(frozen=True)
@@ -92,4 +93,4 @@ def matching_folder(location: str | Path, directory: str = MatchingConfig().dire
     for folder in (path, path / directory):
         if (folder / PROJECTS_FILE).is_file() and (folder / PROFILES_FILE).is_file():
             return folder
-    raise FileNotFoundError(f"no {PROJECTS_FILE} and {PROFILES_FILE} in {path} nor in {path / directory}")
+    raise NotFoundError(f"no {PROJECTS_FILE} and {PROFILES_FILE} in {path} nor in {path / directory}")

@@ -7,6 +7,7 @@ The scorers (``cosine``, ``late-interaction``) and the blocked top-k are those o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +15,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from workembed.log import Log
+from workembed.errors import ConfigError
 from workembed.retrieval.embedding import pooled_embeddings, query_token_vectors, target_embeddings
 from workembed.retrieval.ray_embedding import RayEmbedding
 from workembed.retrieval.scoring import blocked_top_k, dense_top_k, late_interaction_scores
 
 if TYPE_CHECKING:
     from workembed.models import Encoder
+
+logger = logging.getLogger(__name__)
 
 Scorer = Literal["cosine", "late-interaction"]
 SCORERS: tuple[str, ...] = ("cosine", "late-interaction")
@@ -56,7 +59,6 @@ def encoder_ranking(
     temperature: float = 0.05,
     cache_dir: str | Path | None = None,
     block_size: int = 1024,
-    log: Log | None = None,
     ray: RayEmbedding | None = None,
     query_kind: str | None = None,
     target_kind: str | None = None,
@@ -65,15 +67,14 @@ def encoder_ranking(
     large target spaces and (cosine) query sets are embedded by Ray Data actors. ``query_kind`` and
     ``target_kind`` (WorkRB input types) pick a projection model's side for each."""
     if scorer not in SCORERS:
-        raise ValueError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
+        raise ConfigError(f"unknown scorer '{scorer}' (known: {', '.join(SCORERS)})")
     if scorer == "late-interaction" and encoder.head is not None:
-        raise ValueError("late-interaction scoring works on models with mean pooling, not a trained head")
-    targets = target_embeddings(encoder, corpus, cache_dir, log, ray=ray, kind=target_kind)
+        raise ConfigError("late-interaction scoring works on models with mean pooling, not a trained head")
+    targets = target_embeddings(encoder, corpus, cache_dir, ray=ray, kind=target_kind)
     texts = list(queries.values())
-    if log is not None:
-        log(f"embedding {len(texts)} queries ({scorer})")
+    logger.info("embedding %d queries (%s)", len(texts), scorer)
     if scorer == "cosine":
-        pooled = pooled_embeddings(encoder, texts, ray, log, query_kind)
+        pooled = pooled_embeddings(encoder, texts, ray, query_kind)
         indices, scores = dense_top_k(pooled, targets, k, block_size)
     else:
         # token embeddings are computed per block of queries, so they are never all held at once
@@ -84,6 +85,5 @@ def encoder_ranking(
             len(texts),
             k,
             block_size,
-            log,
         )
     return Ranking(list(queries), list(corpus), indices, scores)

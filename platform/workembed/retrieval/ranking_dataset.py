@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
 from pathlib import Path
+
+from workembed.errors import DatasetError
 
 QUERIES_FILE = "queries.tsv"
 CORPUS_FILE = "corpus.tsv"
@@ -28,10 +30,6 @@ QRELS_FILE = "qrels.tsv"
 META_FILE = "meta.json"
 
 _UNSAFE = re.compile(r"[\t\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-class DatasetError(ValueError):
-    """A ranking dataset is malformed; the message names the file and, where it applies, the line."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +144,15 @@ def read_dataset(path: str | Path) -> RankingDataset:
     qrels = _read_qrels(folder / QRELS_FILE, queries, corpus)
     name = str(meta.get("name") or folder.name)
     return RankingDataset(name=name, queries=queries, corpus=corpus, qrels=qrels, meta=meta)
+
+
+def check_distinct_names(datasets: Sequence[RankingDataset]) -> None:
+    """Raise DatasetError when two of ``datasets`` share a name: reports and WorkRB tasks key datasets by
+    it."""
+    names = [dataset.name for dataset in datasets]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DatasetError(f"several datasets are named {', '.join(repeated)}: give them distinct meta names")
 
 
 def _lines(path: Path):

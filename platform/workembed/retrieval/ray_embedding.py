@@ -14,8 +14,9 @@ Nothing here starts or stops a cluster.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,12 +24,15 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from workembed.config import Config
+from workembed.errors import ClusterError, ConfigError
 from workembed.retrieval.scoring import l2_normalize
 
 if TYPE_CHECKING:
     import ray.data
 
     from workembed.models import Encoder
+
+logger = logging.getLogger(__name__)
 
 INDEX = "index"
 TEXT = "text"
@@ -93,18 +97,18 @@ def connect(address: str | None) -> None:
     import ray
 
     if address == LOCAL:
-        raise ValueError("address 'local' would start a new Ray instance: give 'auto' or a cluster address")
+        raise ConfigError("address 'local' would start a new Ray instance: give 'auto' or a cluster address")
     if ray.is_initialized():
         return
     if address is None:
-        raise RuntimeError(
+        raise ClusterError(
             "embedding with Ray needs a Ray connection: call ray.init(...) first or give an address "
             "('auto' or 'host:port') of a running cluster"
         )
     try:
         ray.init(address=address)
     except ConnectionError as err:
-        raise RuntimeError(
+        raise ClusterError(
             f"no running Ray cluster at '{address}': start one (ray start --head, workembed services up) "
             "or set ray.address"
         ) from err
@@ -187,7 +191,6 @@ def embed_with_ray(
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
     rows_per_block: int | None = None,
-    log: Callable[[str], None] | None = None,
     kind: str | None = None,
 ) -> np.ndarray:
     """L2-normalised pooled embeddings ``[len(texts), dim]`` of ``texts`` (of input ``kind``), in input
@@ -209,8 +212,7 @@ def embed_with_ray(
     elif rows_per_block < 1:
         raise ValueError("rows_per_block must be at least 1")
     connect(ray_address)
-    if log is not None:
-        log(f"embedding {len(texts)} texts with {model} on {num_actors} Ray actor(s)")
+    logger.info("embedding %d texts with %s on %d Ray actor(s)", len(texts), model, num_actors)
     embedded = embed_dataset(
         text_dataset(texts, rows_per_block),
         model,

@@ -18,13 +18,14 @@ Ties are ordered by corpus position (the exact top-k boundary among equal scores
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from workembed.log import Log
-
 ScoreBlock = Callable[[int, int], np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- top-k
@@ -46,7 +47,7 @@ def top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def blocked_top_k(
-    score_block: ScoreBlock, n_queries: int, k: int, block_size: int = 1024, log: Log | None = None
+    score_block: ScoreBlock, n_queries: int, k: int, block_size: int = 1024
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` per query, computing scores ``score_block(start, stop) -> [stop - start, n_targets]``
     for one block of queries at a time."""
@@ -58,8 +59,8 @@ def blocked_top_k(
         top_index, top_value = top_k_rows(score_block(start, stop), k)
         indices.append(top_index)
         values.append(top_value.astype(np.float32))
-        if log is not None and n_queries > block_size:
-            log(f"ranked {stop}/{n_queries} queries")
+        if n_queries > block_size:
+            logger.info("ranked %d/%d queries", stop, n_queries)
     if not indices:
         return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(indices), np.concatenate(values)

@@ -25,18 +25,23 @@ Routes (``/v1`` ones need the ``X-API-Key`` header when an API key is configured
 ``/v1/extract``, ``/v1/match``, ``/v1/profiles``; ``GET /v1/models``, ``/healthz``. Every answer from a
 model names the version that gave it (``model``). Errors: 422 an invalid request (the field is named), 401 a
 missing or wrong API key, 404 an unknown target space or model version, 409 extraction with a model that
-has no calibrated threshold, 503 a model version that cannot be loaded; an error never stops a replica.
+has no calibrated threshold, 503 a model version that cannot be loaded; anything else is a bug: 500 with a
+request id (in the answer, its ``X-Request-ID`` header and the replica's log line with the traceback). An
+error never stops a replica.
 """
 
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Application
@@ -44,6 +49,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Receive, Scope, Send
 
+from workembed.errors import ClusterError, NotFoundError, WorkembedError
 from workembed.retrieval.scoring import l2_normalize
 from workembed.serving.auth import read_api_key, require_api_key
 from workembed.serving.config import ServeConfig
@@ -68,6 +74,7 @@ from workembed.serving.versions import (
 logger = logging.getLogger("ray.serve")
 
 MODEL_HEADER = "serve_multiplexed_model_id"
+REQUEST_ID_HEADER = "X-Request-ID"
 """Serve's multiplexing header: which model version answers a request."""
 OCCUPATIONS = "esco-occupations"
 T = TypeVar("T")
@@ -318,20 +325,39 @@ class Matcher:
 
 
 def http_error(err: Exception) -> HTTPException:
-    """The HTTP answer to an error of the model server or the matcher (see the module docstring)."""
+    """The HTTP answer to an error of the model server or the matcher (see the module docstring): a
+    :class:`~workembed.errors.WorkembedError` is the request's (4xx), Ray's overload errors are 503 and
+    anything else is a bug, logged with its traceback under a new request id and answered 500 with that id."""
     cause = err.cause if isinstance(err, RayTaskError) else err
-    if isinstance(cause, UnknownSpaceError | UnknownModelError):
+    if isinstance(cause, UnknownSpaceError | UnknownModelError | NotFoundError):
         return HTTPException(status.HTTP_404_NOT_FOUND, str(cause))
     if isinstance(cause, NoThresholdError):
         return HTTPException(status.HTTP_409_CONFLICT, str(cause))
-    if isinstance(cause, ModelLoadError):
+    if isinstance(cause, ModelLoadError | ClusterError):
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(cause))
-    if isinstance(cause, ValueError):
+    if isinstance(cause, WorkembedError | ValidationError):
         return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(cause))
     if isinstance(cause, RayActorError | BackPressureError | DeploymentUnavailableError):
         return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"temporarily unavailable, retry: {cause}")
-    logger.error("request failed", exc_info=cause)
-    return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"internal error ({type(cause).__name__})")
+    request_id = uuid.uuid4().hex
+    logger.error(
+        "request failed: request_id=%s", request_id, exc_info=cause, extra={"request_id": request_id}
+    )
+    return HTTPException(
+        status.HTTP_500_INTERNAL_SERVER_ERROR,
+        f"internal error ({type(cause).__name__}), request id {request_id}",
+        headers={REQUEST_ID_HEADER: request_id},
+    )
+
+
+async def answer_errors(request: Request, call_next):
+    """HTTP middleware: an exception that escapes a route is answered as :func:`http_error` says (instead
+    of Starlette's bare 500)."""
+    try:
+        return await call_next(request)
+    except Exception as err:
+        error = http_error(err)
+        return JSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
 
 
 async def answer(pending: Awaitable[T]) -> T:
@@ -358,6 +384,7 @@ def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConf
         title="workembed",
         summary="Work-domain text encoder over ESCO: embed, rank, extract skills, match profiles.",
     )
+    app.middleware("http")(answer_errors)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(api_key))] if api_key else [])
 
     async def selected_model(

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from workembed.errors import ConfigError, InputError
 from workembed.serving.config import ProfileIndexConfig
 
 PROFILE_NAMESPACE = uuid.UUID("6f1b7a52-3c1e-5b8e-9a57-0c2d4f7e8a10")
@@ -45,17 +46,17 @@ def check_filters(filters: Mapping[str, Any]) -> dict[str, Any]:
         if key not in FILTER_FIELDS and not (
             key.startswith(PAYLOAD_PREFIX) and len(key) > len(PAYLOAD_PREFIX)
         ):
-            raise ValueError(
+            raise InputError(
                 f"unknown filter '{key}': use {', '.join(FILTER_FIELDS)} or payload.<field> "
                 "for a payload field"
             )
         if isinstance(value, list):
             if not value:
-                raise ValueError(f"filter '{key}': the list of values is empty")
+                raise InputError(f"filter '{key}': the list of values is empty")
             if not (all(isinstance(v, str) for v in value) or all(_is_int(v) for v in value)):
-                raise ValueError(f"filter '{key}': a list must hold only strings or only integers")
+                raise InputError(f"filter '{key}': a list must hold only strings or only integers")
         elif not isinstance(value, str | bool | int):
-            raise ValueError(
+            raise InputError(
                 f"filter '{key}': expected a string, integer, boolean or a list, got {type(value).__name__}"
             )
     return dict(filters)
@@ -116,7 +117,7 @@ class ProfileIndex:
                     self.client.create_payload_index(self.collection, field, models.PayloadSchemaType.KEYWORD)
         size = self.client.get_collection(self.collection).config.params.vectors.size
         if size != self.dim:
-            raise ValueError(
+            raise ConfigError(
                 f"collection '{self.collection}' holds {size}-dimensional vectors, the model gives {self.dim}"
             )
 
@@ -135,7 +136,7 @@ class ProfileIndex:
         for index, (profile, vector) in enumerate(zip(profiles, vectors, strict=True)):
             profile_id = profile.get("id")
             if not isinstance(profile_id, str) or not profile_id:
-                raise ValueError(f"profiles[{index}].id must be a non-empty string")
+                raise InputError(f"profiles[{index}].id must be a non-empty string")
             payload = {"id": profile_id, "payload": dict(profile.get("payload") or {})}
             payload.update({field: profile.get(field) for field in FILTER_FIELDS})
             points.append(
@@ -149,7 +150,7 @@ class ProfileIndex:
         """The ``k`` profiles most similar (cosine) to ``vector`` that pass ``filters``, best first:
         ``[{"id", "score", "category", "language", "location", "payload"}]``."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise InputError(f"k must be at least 1, got {k}")
         query = np.asarray(vector, dtype=np.float32).ravel()
         if query.shape != (self.dim,):
             raise ValueError(f"query vector of shape {query.shape}, the index holds dim {self.dim}")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workembed.errors import InputError, NotFoundError, RegistryError
 from workembed.retrieval.embedding import target_embeddings
 from workembed.retrieval.scoring import dense_top_k, l2_normalize
 from workembed.serving.config import ServeConfig
@@ -32,8 +33,8 @@ SKILLS = "esco-skills"
 OCCUPATIONS = "esco-occupations"
 
 
-class NoThresholdError(RuntimeError):
-    """The model version has no calibrated extraction threshold (no ``extraction.json``)."""
+class NoThresholdError(RegistryError, RuntimeError):
+    """The model version has no calibrated extraction threshold (no ``extraction.json``; HTTP 409)."""
 
 
 def pin_model(uri: str, tracking_uri: str | None) -> tuple[str, Path]:
@@ -48,7 +49,7 @@ def pin_model(uri: str, tracking_uri: str | None) -> tuple[str, Path]:
 
     if is_mlflow_uri(uri):
         if not tracking_uri:
-            raise FileNotFoundError(
+            raise NotFoundError(
                 f"model '{uri}' is an MLflow URI: set tracking_uri in the serve config or MLFLOW_TRACKING_URI"
             )
         version = pinned_uri(uri, tracking_uri)
@@ -161,7 +162,7 @@ class ServedModel:
         """Per text (of input ``kind``) the ``k`` best targets of ``space`` by cosine:
         ``[{"id", "label", "score"}]``, best first."""
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise InputError(f"k must be at least 1, got {k}")
         targets = self.targets(space)
         target_space = self.catalog.get(space)
         if not texts:

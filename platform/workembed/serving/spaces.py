@@ -18,14 +18,15 @@ from functools import lru_cache
 from pathlib import Path
 
 from workembed.config import resolve_data_path
+from workembed.errors import DatasetError, InputError
 from workembed.serving.config import ESCO_SPACES, ServeConfig, SpaceConfig
 
 TSV_HEADERS = (("id", "label"), ("id", "label", "text"))
 JSONL_KEYS = ("id", "label", "text")
 
 
-class UnknownSpaceError(KeyError):
-    """A request named a target space the served model does not have."""
+class UnknownSpaceError(InputError, KeyError):
+    """A request named a target space the served model does not have (HTTP 404)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
@@ -83,19 +84,19 @@ def read_space(name: str, path: str | Path, description: str = "") -> TargetSpac
     """A custom target space from a ``.tsv`` or ``.jsonl`` file (see the module docstring)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"space '{name}': file not found: {path}")
+        raise DatasetError(f"space '{name}': file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         rows = _tsv_rows(path)
     elif suffix == ".jsonl":
         rows = _jsonl_rows(path)
     else:
-        raise ValueError(f"space '{name}': {path} must be a .tsv or .jsonl file")
+        raise DatasetError(f"space '{name}': {path} must be a .tsv or .jsonl file")
     ids, labels, texts = [], [], []
     first_line: dict[str, int] = {}
     for line, target_id, label, text in rows:
         if target_id in first_line:
-            raise ValueError(
+            raise DatasetError(
                 f"{path}:{line}: duplicate id '{target_id}' (first on line {first_line[target_id]})"
             )
         first_line[target_id] = line
@@ -103,7 +104,7 @@ def read_space(name: str, path: str | Path, description: str = "") -> TargetSpac
         labels.append(label)
         texts.append(text or label)
     if not ids:
-        raise ValueError(f"space '{name}': {path} holds no targets")
+        raise DatasetError(f"space '{name}': {path} holds no targets")
     return TargetSpace(name, tuple(ids), tuple(labels), tuple(texts), description)
 
 
@@ -112,14 +113,16 @@ def _tsv_rows(path: Path) -> list[tuple[int, str, str, str]]:
     header = tuple(cell.strip() for cell in lines[0].split("\t")) if lines else ()
     if header not in TSV_HEADERS:
         expected = " or ".join("'" + "<TAB>".join(h) + "'" for h in TSV_HEADERS)
-        raise ValueError(f"{path}:1: the header must be {expected}, got {'<TAB>'.join(header) or 'nothing'}")
+        raise DatasetError(
+            f"{path}:1: the header must be {expected}, got {'<TAB>'.join(header) or 'nothing'}"
+        )
     rows = []
     for number, raw in enumerate(lines[1:], start=2):
         if not raw.strip():
             continue
         cells = [cell.strip() for cell in raw.split("\t")]
         if len(cells) != len(header):
-            raise ValueError(f"{path}:{number}: {len(cells)} columns, the header has {len(header)}")
+            raise DatasetError(f"{path}:{number}: {len(cells)} columns, the header has {len(header)}")
         values = dict(zip(header, cells, strict=True))
         rows.append(_row(path, number, values))
     return rows
@@ -133,17 +136,17 @@ def _jsonl_rows(path: Path) -> list[tuple[int, str, str, str]]:
         try:
             record = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            raise DatasetError(f"{path}:{number}: not valid JSON ({err.msg})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+            raise DatasetError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         unknown = sorted(set(record) - set(JSONL_KEYS))
         if unknown:
-            raise ValueError(
+            raise DatasetError(
                 f"{path}:{number}: unknown key(s) {', '.join(unknown)} (expected id, label, text)"
             )
         for key, value in record.items():
             if not isinstance(value, str):
-                raise ValueError(f"{path}:{number}: '{key}' must be a string, got {type(value).__name__}")
+                raise DatasetError(f"{path}:{number}: '{key}' must be a string, got {type(value).__name__}")
         rows.append(_row(path, number, {key: value.strip() for key, value in record.items()}))
     return rows
 
@@ -151,7 +154,7 @@ def _jsonl_rows(path: Path) -> list[tuple[int, str, str, str]]:
 def _row(path: Path, number: int, values: Mapping[str, str]) -> tuple[int, str, str, str]:
     for key in ("id", "label"):
         if not values.get(key):
-            raise ValueError(f"{path}:{number}: '{key}' is missing or empty")
+            raise DatasetError(f"{path}:{number}: '{key}' is missing or empty")
     return number, values["id"], " ".join(values["label"].split()), " ".join(values.get("text", "").split())
 
 

@@ -21,6 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from workembed.errors import NotFoundError, WorkembedError
 from workembed.models.mlflow_models import is_mlflow_uri, pinned_uri
 from workembed.serving.config import ServeConfig
 from workembed.serving.runtime import ServedModel
@@ -38,15 +39,15 @@ INFO_KEYS = ("dim", "extraction_threshold", "runtime", "base_model", "pooling", 
 _ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
-class UnknownModelError(LookupError):
-    """A requested model version does not exist (or the request names none that could)."""
+class UnknownModelError(NotFoundError, LookupError):
+    """A requested model version does not exist (or the request names none that could; HTTP 404)."""
 
     def __str__(self) -> str:  # LookupError would quote the message
         return str(self.args[0]) if self.args else ""
 
 
-class ModelLoadError(RuntimeError):
-    """A model version exists but could not be loaded."""
+class ModelLoadError(WorkembedError, RuntimeError):
+    """A model version exists but could not be loaded (HTTP 503: the API answers when it can again)."""
 
 
 def is_alias_uri(uri: str) -> bool:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from workembed.errors import ConfigError
+
 if TYPE_CHECKING:
     from ray.data import Dataset
 
@@ -47,7 +49,7 @@ OUTPUT_FIELDS = [
 _PROMPT_COPY = "__synth_prompt__"  # the plain prompt, kept aside while the vLLM stages reuse `prompt`
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(ConfigError):
     """A prompt that leaves no room in the engine's context (``max_model_len``) for a generated token."""
 
 

@@ -177,8 +177,11 @@ class SynthConfig(Config):
     output: str = Field(
         "runs/synthesize", description="Output root (local path or s3://); results in <output>/<run_id>."
     )
-    run_id: str | None = Field(
-        None, description="Output folder name (an existing one is an error); null: a new timestamped id."
+    run_id: str | None = Field(None, description="Output folder name; null: a new synthesize-<UTC time> id.")
+    overwrite: bool = Field(
+        False,
+        description="Empty a run folder that already holds files (false: such a folder is an error; an "
+        "empty one is reused).",
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="S3 settings of the output.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster to run on.")

@@ -12,9 +12,10 @@
    ``skill-job`` (title-skills: title → each skill its phrases map to), origin ``synthetic`` (or
    ``synthetic-test`` for a test model, which training never reads), with lineage columns.
 
-Output under ``<output>/<run_id>/`` (local or ``s3://``; an existing run folder is an error): ``prompts``,
-``generations`` (prompt rows + ``generated_text``, ``__inference_error__``, token counts), ``edges``
-(:data:`EDGES_SCHEMA`), ``rejects`` (stage, reason, raw, prompt_id, template) and ``summary.json``, where
+Output under ``<output>/<run_id>/`` (local or ``s3://``; opened by :func:`workembed.runs.open_run`: a run
+folder that holds files is refused unless ``overwrite``): ``prompts``, ``generations`` (prompt rows +
+``generated_text``, ``__inference_error__``, token counts), ``edges`` (:data:`EDGES_SCHEMA`), ``rejects``
+(stage, reason, raw, prompt_id, template) and ``summary.json``, where
 prompts in = prompts with an accepted sentence + prompts fully rejected, and sentences in (one per parsed
 sentence, or one per row that failed before parsing) = accepted + rejected.
 """
@@ -32,9 +33,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from workembed.config import resolve_data_path
+from workembed.config import is_uri, resolve_data_path
 from workembed.data.graph import EDGE_SCHEMA
 from workembed.data.storage import filesystem_for, join, strip_scheme
+from workembed.runs import open_run, sum_counts
 from workembed.synth.config import SamplingConfig, SynthConfig
 from workembed.synth.validate import (
     DUPLICATE,
@@ -298,15 +300,14 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
 
     log = log or _stderr
     started = time.perf_counter()
-    run_id = config.run_id or time.strftime("synthesize-%Y%m%d-%H%M%S", time.gmtime())
-    root = config.output if "://" in config.output else str(Path(config.output).expanduser().resolve())
-    out = join(root, run_id)
-    fs = filesystem_for(out, config.storage)
-    refuse_existing(fs, out)
     model = resolve_model(config.model)
     if model != config.model:
         config = config.model_copy(update={"model": model})
     check_model(model)
+    run = open_run(
+        config.output, config.run_id, "synthesize", overwrite=config.overwrite, storage=config.storage
+    )
+    run_id, out, fs = run.run_id, run.path, run.filesystem
 
     taxonomy = load_esco_config(config.esco)
     prompt_rows = build_prompts(taxonomy, config.prompts, read_edge_counts(config), read_titles(config))
@@ -333,7 +334,7 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
     generations = generate(config, prompts).materialize()
     generation_seconds = time.perf_counter() - generation_started
     generations.write_parquet(join(out, "generations"), filesystem=fs)
-    gen = _sum_json(generations.map_batches(generation_tally, batch_format="pyarrow").take_all(), "counts")
+    gen = sum_counts(generations.map_batches(generation_tally, batch_format="pyarrow").take_all(), "counts")
     log(
         f"generated {gen['rows']} rows in {generation_seconds:.1f} s ({gen['inference_errors']} inference "
         f"errors, {gen['tokens_in']} tokens in, {gen['tokens_out']} out)"
@@ -384,8 +385,7 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
         **build_summary(len(prompt_rows), by_template, gen, generation_seconds, outcomes, edges),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    with fs.open_output_stream(strip_scheme(join(out, "summary.json"))) as handle:
-        handle.write((json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    run.write_summary(summary)
     log(
         f"synthesize: {summary['prompts']['in']} prompts, {summary['sentences']['accepted']} sentences "
         f"accepted, {summary['sentences']['rejected']} rejected {summary['rejected']}, "
@@ -434,7 +434,7 @@ def build_summary(
             "acceptance_rate": round(kept / total, 4) if total else 0.0,
             "rejected_by_reason": {k: v for k, v in sorted(counts.items()) if k != "accepted"},
         }
-    edge_counts = _sum_json(edges.map_batches(edge_tally, batch_format="pyarrow").take_all(), "tasks")
+    edge_counts = sum_counts(edges.map_batches(edge_tally, batch_format="pyarrow").take_all(), "tasks")
     prompts_balanced = prompts_in == with_accepted + fully_rejected == len(per_prompt)
     sentences_balanced = gen["sentences_in"] == accepted + rejected
     return {
@@ -469,16 +469,6 @@ def build_summary(
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def refuse_existing(fs, out: str) -> None:
-    """A run folder is written once: an existing one (even empty) is an error."""
-    import pyarrow.fs as pafs
-
-    if fs.get_file_info(strip_scheme(out)).type != pafs.FileType.NotFound:
-        raise ValueError(
-            f"run folder {out} already exists: synthesize never overwrites a run, choose another run_id"
-        )
-
-
 def check_model(model: str) -> None:
     """Fail before any work when the model's tokenizer cannot be loaded (a wrong path or id)."""
     from workembed.synth.backends import has_chat_template
@@ -494,7 +484,7 @@ def check_model(model: str) -> None:
 def resolve_model(model: str) -> str:
     """A local model folder as an absolute path (the workers' working directory differs); ids unchanged."""
     path = Path(model).expanduser()
-    return str(path.resolve()) if "://" not in model and path.exists() else model
+    return str(path.resolve()) if not is_uri(model) and path.exists() else model
 
 
 def read_edge_counts(config: SynthConfig) -> dict[str, int] | None:
@@ -554,14 +544,6 @@ def write_table_dataset(dataset, location: str, schema: pa.Schema, fs) -> None:
         return
     fs.create_dir(strip_scheme(location))
     pq.write_table(schema.empty_table(), strip_scheme(join(location, "empty.parquet")), filesystem=fs)
-
-
-def _sum_json(rows: list[dict], column: str) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for row in rows:
-        for key, value in json.loads(row[column]).items():
-            totals[key] = totals.get(key, 0) + value
-    return totals
 
 
 def _stderr(message: str) -> None:

@@ -34,6 +34,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from workembed.config import Config
+from workembed.errors import ConfigError, DatasetError
 from workembed.taxonomy import Occupation, Taxonomy
 
 TemplateKind = Literal["sentences", "multi", "title-skills"]
@@ -345,9 +346,9 @@ def build_prompts(
     if config.title_skills.enabled:
         source = config.title_skills.source
         if source == "titles" and titles is None:
-            raise ValueError("prompts.title_skills.source is 'titles' but no titles were given")
+            raise ConfigError("prompts.title_skills.source is 'titles' but no titles were given")
         if source == "occupations" and titles is not None:
-            raise ValueError("titles were given but prompts.title_skills.source is 'occupations'")
+            raise ConfigError("titles were given but prompts.title_skills.source is 'occupations'")
     rows: list[dict] = []
     if config.long_tail.enabled:
         rows += _long_tail_rows(taxonomy, config, skill_edge_counts or {})
@@ -378,7 +379,7 @@ def long_tail_skills(
 ) -> list[str]:
     """Skills with fewer than ``threshold`` edges (absent: 0), seeded random order, the first ``limit``."""
     if threshold < 1:
-        raise ValueError(f"threshold must be >= 1, got {threshold}")
+        raise ConfigError(f"threshold must be >= 1, got {threshold}")
     counts = skill_edge_counts or {}
     chosen = sorted(uri for uri in taxonomy.skills if counts.get(uri, 0) < threshold)
     random.Random(f"{seed}/long-tail").shuffle(chosen)
@@ -499,7 +500,7 @@ def _occupations_by_skill(taxonomy: Taxonomy) -> dict[str, list[Occupation]]:
 def _multi_skill_rows(taxonomy: Taxonomy, config: PromptsConfig) -> list[dict]:
     params = config.multi_skill
     if not taxonomy.hierarchy:
-        raise ValueError(
+        raise DatasetError(
             f"multi-skill prompts need the ESCO skill hierarchy, which '{taxonomy.source}' lacks "
             "(use a full ESCO export or set prompts.multi_skill.enabled: false)"
         )

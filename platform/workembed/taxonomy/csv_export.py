@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import fsspec
 import pandas as pd
 
+from workembed.errors import DatasetError
 from workembed.taxonomy.model import (
     BroaderRelation,
     HierarchyRow,
@@ -29,7 +30,7 @@ from workembed.taxonomy.model import (
 )
 
 
-class EscoFormatError(ValueError):
+class EscoFormatError(DatasetError):
     """An ESCO export misses a file or a column, or cannot be read."""
 
 

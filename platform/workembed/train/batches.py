@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from workembed.data.graph import EDGE_SCHEMA
+from workembed.errors import ConfigError, DatasetError
 
 MAX_DRAWS_PER_SLOT = 64
 _SPACES = re.compile(r"\s+")
@@ -54,7 +55,7 @@ class Batch:
     def shard(self, rank: int, world_size: int) -> slice:
         """The contiguous rows worker ``rank`` of ``world_size`` encodes."""
         if len(self) % world_size:
-            raise ValueError(f"a batch of {len(self)} does not split over {world_size} workers")
+            raise ConfigError(f"a batch of {len(self)} does not split over {world_size} workers")
         size = len(self) // world_size
         return slice(rank * size, (rank + 1) * size)
 
@@ -92,10 +93,10 @@ class EdgeGraph:
         the edges with a text whose :func:`workembed.retrieval.leakage.text_key` is in ``excluded_texts``
         (benchmark sentences and titles)."""
         if not tasks:
-            raise ValueError("no task to sample from")
+            raise ConfigError("no task to sample from")
         missing = [name for name in EDGE_SCHEMA.names if name not in table.column_names]
         if missing:
-            raise ValueError(f"edges lack column(s) {', '.join(missing)}")
+            raise DatasetError(f"edges lack column(s) {', '.join(missing)}")
         self.summary = GraphSummary(rows_in=table.num_rows)
         table = self._filter(table.select(EDGE_SCHEMA.names).cast(EDGE_SCHEMA), tasks, origins, min_weight)
         table = self._drop_held_out(table, frozenset(held_out))
@@ -108,7 +109,9 @@ class EdgeGraph:
         self.tasks = [name for name in tasks if name in set(task_names)]
         empty = sorted(set(tasks) - set(self.tasks))
         if empty:
-            raise ValueError(f"no training edge left for task(s) {', '.join(empty)} (see the graph summary)")
+            raise DatasetError(
+                f"no training edge left for task(s) {', '.join(empty)} (see the graph summary)"
+            )
         index = {name: i for i, name in enumerate(self.tasks)}
         task_of = np.fromiter((index[name] for name in task_names), dtype=np.int64, count=len(task_names))
         self.task_rows = [np.flatnonzero(task_of == i) for i in range(len(self.tasks))]
@@ -226,7 +229,7 @@ class EdgeGraph:
                 seen_left.add(self.left_key[row])
                 seen_right.update(keys)
                 return row
-        raise ValueError(
+        raise DatasetError(
             f"no task gave a pair with texts new to the batch in {MAX_DRAWS_PER_SLOT} draws each: the graph "
             f"has too few distinct texts for this batch_size"
         )

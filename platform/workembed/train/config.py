@@ -220,7 +220,7 @@ class TrainConfig(Config):
 
     run_name: str | None = Field(
         None,
-        description="Run folder under checkpoint.storage_path and MLflow run name; null: timestamped. "
+        description="Run folder under checkpoint.storage_path and MLflow run name; null: train-<UTC time>. "
         "Re-running with the name of an unfinished run resumes it from its last checkpoint.",
     )
     seed: int = Field(
@@ -250,6 +250,11 @@ class TrainConfig(Config):
         "runs/models",
         description="The final model directory goes to <output>/<run_name> (local); null: "
         "only the last checkpoint.",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Empty a model directory <output>/<run_name> that already holds files (false: such a "
+        "directory is an error; an empty one, as an unfinished run leaves it, is reused).",
     )
     data: TrainDataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from workembed.errors import ConfigError
 from workembed.train.config import MatchingTrainConfig, TrainConfig
 
 
@@ -46,7 +47,7 @@ class MatchingBatch:
     def shard(self, rank: int, world_size: int) -> tuple[list[int], list[int]]:
         """Worker ``rank``'s projects (a contiguous slice) and their drawn profiles (first-seen order)."""
         if len(self.projects) % world_size:
-            raise ValueError(f"{len(self.projects)} projects do not split over {world_size} workers")
+            raise ConfigError(f"{len(self.projects)} projects do not split over {world_size} workers")
         size = len(self.projects) // world_size
         part = slice(rank * size, (rank + 1) * size)
         profiles = list(dict.fromkeys(int(j) for drawn in self.profiles[part] for j in drawn))
@@ -108,7 +109,7 @@ class MatchingGraph:
     def batch(self, seed: int, step: int, size: int) -> MatchingBatch:
         """The batch of ``step``: a pure function of ``(seed, step)``."""
         if size > len(self.train_projects):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size {size} exceeds the {len(self.train_projects)} training projects with a positive"
             )
         rng = np.random.default_rng([seed, step])

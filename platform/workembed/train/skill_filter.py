@@ -14,17 +14,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from workembed.config import Config, resolve_data_path
+from workembed.config import Config, is_uri, resolve_data_path
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 REPORT_FILE = "skill_filter_report.json"
 
 
@@ -56,26 +56,27 @@ class SkillFilterConfig(Config):
     def _has_destination(self) -> SkillFilterConfig:
         from workembed.models.folder import MODEL_ALIASES
 
-        if self.out is None and (self.model in MODEL_ALIASES or "://" in self.model):
+        if self.out is None and (self.model in MODEL_ALIASES or is_uri(self.model)):
             raise ValueError(f"model '{self.model}' is not a local folder: give `out`")
         return self
 
 
-def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[str, Any]:
+def run_skill_filter(config: SkillFilterConfig) -> dict[str, Any]:
     """Fit, evaluate and save the filter as ``config`` says; returns the report."""
     from workembed.data.skillspan import read_skillspan
     from workembed.models import Encoder
     from workembed.models.skill_filter import fit_skill_filter, precision_recall
     from workembed.retrieval.leakage import benchmark_texts, every_key, leaked, text_key
 
-    say = log or (lambda message: print(message, file=sys.stderr))
     folder = Path(resolve_data_path(config.skillspan))
     train, dev = read_skillspan(folder / "train.json"), read_skillspan(folder / "dev.json")
     benchmark = benchmark_texts(resolve_data_path(config.benchmarks))
     hits = leaked([s.text for s in train], benchmark)
     excluded = every_key(benchmark)
     kept = [s for s in train if text_key(s.text) not in excluded]
-    say(f"SkillSpan train: {len(train)} sentences, {len(train) - len(kept)} dropped as benchmark sentences")
+    logger.info(
+        "SkillSpan train: %d sentences, %d dropped as benchmark sentences", len(train), len(train) - len(kept)
+    )
     encoder = Encoder(
         config.model, max_length=config.max_length, batch_size=config.batch_size, device=config.device
     )
@@ -113,8 +114,11 @@ def run_skill_filter(config: SkillFilterConfig, log: Log | None = None) -> dict[
     report["filter"] = str(skill_filter.save(out))
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     dev_report = report["dev"]
-    say(
-        f"SkillSpan dev: precision {dev_report['precision']:.3f}, recall {dev_report['recall']:.3f}, "
-        f"{dev_report['dropped']:.1%} of sentences dropped; wrote {report['filter']}"
+    logger.info(
+        "SkillSpan dev: precision %.3f, recall %.3f, %.1f%% of sentences dropped; wrote %s",
+        dev_report["precision"],
+        dev_report["recall"],
+        100 * dev_report["dropped"],
+        report["filter"],
     )
     return report

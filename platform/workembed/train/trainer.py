@@ -4,7 +4,9 @@ The driver reads the edges as a Ray Data dataset (Parquet edges of ingest runs a
 section head reads the matching folder in each worker instead, :mod:`workembed.train.matching`),
 opens the MLflow run, runs the workers (:mod:`workembed.train.loop`) with checkpoints in
 ``checkpoint.storage_path`` (local or ``s3://``) and restarts them from the last checkpoint when one
-fails, then copies the final model folder to ``output`` and logs it to MLflow.
+fails, then copies the final model folder to ``<output>/<run_name>`` and logs it to MLflow. That folder is
+opened before training by :func:`workembed.runs.open_run` (one that holds files is refused unless
+``overwrite``); an unfinished run leaves it empty, so re-running its name resumes from the checkpoints.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ import hashlib
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workembed.config import resolve_data_path
+from workembed.runs import RunFolder, new_run_id, open_run
 from workembed.train.config import TrainConfig
 from workembed.train.loop import MODEL_DIR, STATE_FILE, train_worker
 from workembed.train.matching import matching_worker
@@ -37,7 +39,10 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     init_ray(config)
-    run_name = config.run_name or time.strftime("train-%Y%m%d-%H%M%S", time.gmtime())
+    run_name = config.run_name or new_run_id("train")
+    model_folder = None
+    if config.output is not None:  # refused now (before any work) if it holds files, unless overwrite
+        model_folder = open_run(config.output, run_name, "train", overwrite=config.overwrite)
     payload: dict[str, Any] = {"config": config.model_dump(mode="json")}
     if config.data.matching is not None:
         worker, datasets, unit = matching_worker, {}, "projects"
@@ -82,7 +87,7 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
     except Exception:
         close_mlflow_run(config, mlflow_run_id, "FAILED")
         raise
-    model_dir, state = export(result.checkpoint, config, run_name)
+    model_dir, state = export(result.checkpoint, model_folder)
     if mlflow_run_id is not None and model_dir is not None:
         from mlflow import MlflowClient
 
@@ -183,21 +188,19 @@ def checkpoint_storage(config: TrainConfig):
     return str(Path(location).resolve()), None
 
 
-def export(checkpoint, config: TrainConfig, run_name: str) -> tuple[Path | None, dict[str, Any]]:
-    """Copy the final checkpoint's model folder to ``<output>/<run_name>``; return it and the trainer state
-    (its ``batches`` folded into one ``batches_digest``)."""
+def export(checkpoint, folder: RunFolder | None) -> tuple[Path | None, dict[str, Any]]:
+    """Copy the final checkpoint's model folder into ``folder`` (the opened ``<output>/<run_name>``; None:
+    no copy); return it and the trainer state (its ``batches`` folded into one ``batches_digest``)."""
     if checkpoint is None:
         return None, {}
-    target = Path(config.output).resolve() / run_name if config.output is not None else None
+    target = Path(folder.path) if folder is not None else None
     with checkpoint.as_directory() as directory:
         state = json.loads((Path(directory) / STATE_FILE).read_text(encoding="utf-8"))
         source = Path(directory) / MODEL_DIR
         if target is not None:
             if not source.is_dir():
                 raise RuntimeError(f"the final checkpoint {checkpoint.path} holds no {MODEL_DIR}/ folder")
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(source, target)
+            shutil.copytree(source, target, dirs_exist_ok=True)
     batches = state.pop("batches")
     state["batches_digest"] = hashlib.sha256("\n".join(batches).encode()).hexdigest()
     return target, state

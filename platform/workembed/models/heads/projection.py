@@ -13,6 +13,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from workembed.errors import InputError
 from workembed.models.heads.pooling import masked_mean
 from workembed.models.heads.registry import HeadConfig, register_head
 
@@ -55,7 +56,7 @@ class AsymmetricProjection(nn.Module):
     def side_index(self, side: str) -> int:
         """Position of ``side`` in :attr:`sides` (the ids :meth:`project_rows` takes)."""
         if side not in self.projections:
-            raise ValueError(f"unknown side '{side}' (sides: {', '.join(self.projections)})")
+            raise InputError(f"unknown side '{side}' (sides: {', '.join(self.projections)})")
         return list(self.projections).index(side)
 
     def project(self, pooled: Tensor, side: str) -> Tensor:

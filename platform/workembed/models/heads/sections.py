@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from workembed.errors import ConfigError, InputError
 from workembed.models.heads.registry import HeadConfig, register_head
 
 Section = tuple[int, str]
@@ -79,7 +80,7 @@ class SectionEncoderHead(nn.Module):
     ):
         super().__init__()
         if hidden_size % num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"attention_heads ({num_attention_heads}) must divide the hidden size ({hidden_size})"
             )
         self.num_section_types = num_section_types
@@ -157,10 +158,12 @@ class SectionDocumentEncoder(nn.Module):
     ):
         super().__init__()
         if max_section_length < 2 or backbone_batch_size < 1:
-            raise ValueError("max_section_length must be at least 2 and backbone_batch_size at least 1")
+            raise ConfigError("max_section_length must be at least 2 and backbone_batch_size at least 1")
         hidden_size = backbone.config.hidden_size
         if hidden_size != head.output_dim:
-            raise ValueError(f"the head expects {head.output_dim}-d tokens, the backbone gives {hidden_size}")
+            raise ConfigError(
+                f"the head expects {head.output_dim}-d tokens, the backbone gives {hidden_size}"
+            )
         self.backbone = backbone.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.head = head
@@ -180,10 +183,10 @@ class SectionDocumentEncoder(nn.Module):
         texts, types, owners = [], [], []
         for doc, sections in enumerate(documents):
             if not sections:
-                raise ValueError(f"document {doc} has no sections")
+                raise InputError(f"document {doc} has no sections")
             for position, (section_type, text) in enumerate(sections):
                 if not 0 <= section_type < self.head.num_section_types:
-                    raise ValueError(
+                    raise InputError(
                         f"document {doc}, section {position}: section type {section_type} is outside "
                         f"[0, {self.head.num_section_types})"
                     )
