@@ -46,7 +46,7 @@ def test_batch_extract_writes_spans_and_quarantines(ray_session, calibrated_mini
         cache_dir=str(tmp_path / "cache"),
         ray={"address": "auto"},
     )
-    summary = run_batch_extract(config, log=lambda _: None)
+    summary = run_batch_extract(config)
     assert (summary["rows_in"], summary["rows_out"], summary["rows_rejected"]) == (3, 2, 1)
     assert summary["balanced"] and summary["model_version"] == str(calibrated_minilm.resolve())
     assert json.loads((tmp_path / "out/nightly/summary.json").read_text()) == summary
@@ -87,7 +87,7 @@ def test_a_run_folder_that_holds_files_is_refused_before_any_work(calibrated_min
         cache_dir=str(tmp_path / "cache"),
     )
     with pytest.raises(RunFolderError, match="run folder .*/out/nightly already holds files"):
-        run_batch_extract(config, log=lambda _: None)
+        run_batch_extract(config)
     assert stale.read_bytes() == b"stale"
 
 
@@ -95,4 +95,4 @@ def test_a_run_folder_that_holds_files_is_refused_before_any_work(calibrated_min
 def test_a_model_without_threshold_is_refused_before_any_work(tmp_path):
     config = BatchExtractConfig(model="minilm", input=str(tmp_path / "none.parquet"), esco="builtin")
     with pytest.raises(ValueError, match="no calibrated extraction threshold"):
-        run_batch_extract(config, log=lambda _: None)
+        run_batch_extract(config)

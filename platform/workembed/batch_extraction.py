@@ -16,9 +16,8 @@ and character spans)), ``rejects`` (Parquet: stage, reason, raw) for ads without
 from __future__ import annotations
 
 import json
-import sys
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -26,9 +25,11 @@ from pydantic import Field
 
 from workembed.config import Config, resolve_data_path
 from workembed.data.config import RayConfig
+from workembed.errors import ConfigError, DatasetError, RegistryError
 from workembed.runs import open_run
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 STAGE = "extract"
 _HIT = [("id", pa.string()), ("label", pa.string()), ("score", pa.float64())]
 _SPAN = pa.struct([("start", pa.int64()), ("end", pa.int64()), ("text", pa.string())])
@@ -154,22 +155,21 @@ class AdExtractor:
         return pa.Table.from_pydict(rows, schema=OUTPUT_SCHEMA)
 
 
-def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dict[str, Any]:
+def run_batch_extract(config: BatchExtractConfig) -> dict[str, Any]:
     """Extract skills and normalise titles of every ad; returns the summary (also written as JSON)."""
     from workembed.serving.runtime import ServedModel
 
-    log = log or _stderr
     started = time.perf_counter()
     model = ServedModel(config.model, config.serve_config(config.model))  # pins the version
     if model.settings is None:
-        raise ValueError(
+        raise RegistryError(
             f"model {model.version} has no calibrated extraction threshold (extraction.json): register it "
             "with `workembed models register` (which calibrates it) before extracting with it"
         )
     version = model.version
     run = open_run(config.output, config.run_id, "extract", overwrite=config.overwrite)
     run_id, out = run.run_id, run.path
-    log(f"extracting with {version} (threshold {model.settings.threshold:.3f}) into {out}")
+    logger.info("extracting with %s (threshold %.3f) into %s", version, model.settings.threshold, out)
     model.warm()  # target spaces embedded once here; the actors read them from the disk cache
     del model
 
@@ -210,7 +210,9 @@ def run_batch_extract(config: BatchExtractConfig, log: Log | None = None) -> dic
         "seconds": round(time.perf_counter() - started, 1),
     }
     run.write_summary(summary)
-    log(f"extract: {rows_in} ads in = {rows_out} out + {rejected} rejected ({summary['seconds']} s)")
+    logger.info(
+        "extract: %d ads in = %d out + %d rejected (%s s)", rows_in, rows_out, rejected, summary["seconds"]
+    )
     return summary
 
 
@@ -222,18 +224,16 @@ def _read_ads(config: BatchExtractConfig):
     wanted = {"ad_id", "title", "description"}
     missing = wanted - set(config.columns)
     if missing:
-        raise ValueError(f"columns: map every contract column ({', '.join(sorted(missing))} missing)")
+        raise ConfigError(f"columns: map every contract column ({', '.join(sorted(missing))} missing)")
     reader = ray.data.read_parquet if config.input_format == "parquet" else ray.data.read_json
     ads = reader(location)
     names = set(ads.schema().names)
     absent = sorted({config.columns[c] for c in wanted} - names)
     if absent:
-        raise ValueError(f"input {location} has no column(s) {', '.join(absent)} (columns: {sorted(names)})")
+        raise DatasetError(
+            f"input {location} has no column(s) {', '.join(absent)} (columns: {sorted(names)})"
+        )
     source = {config.columns[c]: c for c in wanted}
     renames = {old: new for old, new in source.items() if old != new}
     ads = ads.select_columns(list(source))
     return ads.rename_columns(renames) if renames else ads
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

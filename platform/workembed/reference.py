@@ -139,13 +139,13 @@ def build_tasks(config: ReferenceConfig, tasks: Path) -> None:
 def ingest(config: ReferenceConfig) -> Path:
     """The ingest run's ``edges`` folder (ingesting first unless its summary is there)."""
     from workembed.data.config import IngestConfig
-    from workembed.data.ingest import run_stage
+    from workembed.data.ingest import run_ingest
 
     ingest_config = load_config(IngestConfig, config.ingest, [f"run_id={config.name}", *config.ingest_set])
     run = Path(ingest_config.output) / config.name
     if not (run / "summary.json").is_file():
         logger.info("ingesting every job-ad set into %s", run)
-        run_stage(ingest_config)
+        run_ingest(ingest_config)
     return (run / "edges").resolve()
 
 

@@ -32,7 +32,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "ingest",
             "workembed.data.config:IngestConfig",
-            "workembed.data.ingest:run_stage",
+            "workembed.data.ingest:run_ingest",
             "job ads → job_ads, sentences, edges, rejects, skill edge counts (Ray Data)",
         ),
         Stage(

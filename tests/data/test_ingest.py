@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import pytest
 
 from workembed.config import load_config
 from workembed.data.config import IngestConfig
-from workembed.data.ingest import run_ingest
+from workembed.data.ingest import format_summary, run_ingest
 from workembed.errors import RunFolderError
 
 GOOD = [
@@ -126,8 +127,11 @@ def _read(path):
     return pq.read_table(path).to_pylist()
 
 
-def test_bad_rows_are_quarantined_and_counts_balance(ray_session, tmp_path, crafted):
-    summary = run_ingest(_config(tmp_path, crafted), log=lambda _: None)
+def test_bad_rows_are_quarantined_and_counts_balance(ray_session, tmp_path, crafted, caplog):
+    caplog.set_level(logging.INFO, logger="workembed")
+    summary = run_ingest(_config(tmp_path, crafted))
+    table = [r.getMessage() for r in caplog.records if r.name == "workembed.data.ingest"][-1]
+    assert table == format_summary(summary) and table.startswith("stage")  # the balance, logged at the end
     out = tmp_path / "runs" / "test"
     # 12 JSONL records + 2 CSV records + 1 corrupt Parquet file + 1 Parquet row
     assert summary["records"] == 16
@@ -166,7 +170,7 @@ def test_bad_rows_are_quarantined_and_counts_balance(ray_session, tmp_path, craf
 
 
 def test_sentences_grounding_and_edges(ray_session, tmp_path, crafted):
-    summary = run_ingest(_config(tmp_path, crafted), log=lambda _: None)
+    summary = run_ingest(_config(tmp_path, crafted))
     out = tmp_path / "runs" / "test"
     sentences = _read(out / "sentences")
     assert summary["sentences"]["sentences"] == len(sentences)
@@ -188,7 +192,7 @@ def test_sentences_grounding_and_edges(ray_session, tmp_path, crafted):
 def test_language_without_dense_support_is_skipped(ray_session, tmp_path, crafted):
     config = _config(tmp_path, crafted)
     config.sources[0].language = "de"
-    summary = run_ingest(config, log=lambda _: None)
+    summary = run_ingest(config)
     assert summary["grounding"]["ads_skipped_language"] == 3  # a1, a2, a3 of the JSONL source
     sentences = _read(tmp_path / "runs" / "test" / "sentences")
     german = [row for row in sentences if row["ad_id"].startswith("crafted:")]
@@ -206,7 +210,7 @@ def test_reads_and_writes_s3(ray_session, tmp_path, crafted, s3_server):
     config = _config(tmp_path, crafted, output=f"s3://{bucket}/runs")
     config.sources = config.sources[:1]
     config.sources[0].paths = [f"s3://{bucket}/input/"]
-    summary = run_ingest(config, log=lambda _: None)
+    summary = run_ingest(config)
     assert summary["records"] == 12
     assert summary["output"] == f"s3://{bucket}/runs/test"
     written = fs.ls(f"{bucket}/runs/test")
@@ -242,12 +246,12 @@ def test_a_run_folder_that_holds_files_is_refused_unless_overwrite(ray_session, 
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"stale")
     with pytest.raises(RunFolderError, match=r"run folder .*/runs/test already holds files"):
-        run_ingest(_config(tmp_path, crafted), log=lambda _: None)
+        run_ingest(_config(tmp_path, crafted))
     assert stale.read_bytes() == b"stale"
 
     config = _config(tmp_path, crafted, overwrite=True)
     config.sources = config.sources[:1]
-    summary = run_ingest(config, log=lambda _: None)
+    summary = run_ingest(config)
     assert summary["records"] == 12 and not stale.exists()
     assert json.loads((tmp_path / "runs" / "test" / "summary.json").read_text()) == summary
 

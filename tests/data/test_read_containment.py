@@ -411,9 +411,11 @@ def _csv_record(draw, index: int) -> tuple[bytes, str | None]:
     terminator = draw(st.sampled_from(["\n", "\r\n"]))
 
     def row(*fields: str) -> bytes:
+        # Written with "\r\n" so that fields holding either line break are quoted (csv.writer quotes only
+        # the characters of its line terminator), then ended with the drawn one.
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator=terminator).writerow(fields)
-        return buffer.getvalue().encode()
+        csv.writer(buffer, lineterminator="\r\n").writerow(fields)
+        return (buffer.getvalue().removesuffix("\r\n") + terminator).encode()
 
     kind = draw(st.sampled_from(["valid", "valid", "unquoted", "width", "not_utf8", "too_long", "blank"]))
     if kind == "valid":

@@ -35,8 +35,7 @@ def test_the_reference_model_is_registered_promoted_and_found_by_the_demo(
         out=str(out),
         gate_sets=[f"gate/{Path(folder).name}" for folder in registry_data["gate"]],
     )
-    said: list[str] = []
-    record = register(config, resolve_model_path("minilm"), tasks, out, said.append)
+    record = register(config, resolve_model_path("minilm"), tasks, out)
 
     # minilm against the zero-shot minilm: equal on every gated metric, so the gate passes
     assert (record["decision"], record["holder"], record["version"]) == ("promoted", "minilm", "1")
@@ -48,7 +47,7 @@ def test_the_reference_model_is_registered_promoted_and_found_by_the_demo(
     assert float(version.tags["workembed.extraction_threshold"]) == record["threshold"]
     assert json.loads((out / REGISTRY_FILE).read_text()) == record
 
-    assert register(config, Path("/nonexistent"), tasks, out, said.append) == record  # recorded: not redone
+    assert register(config, Path("/nonexistent"), tasks, out) == record  # recorded: not redone
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     assert reference_champion(out / REGISTRY_FILE) == record

@@ -108,9 +108,7 @@ def scripted_llm(tiny_llm, run_inputs, tmp_path_factory):
 def transformers_run(scripted_llm, run_inputs, tmp_path_factory):
     output = tmp_path_factory.mktemp("transformers-run")
     (output / "run").mkdir()  # an empty run folder is reused (the common policy of workembed.runs)
-    summary = run_synthesize(
-        synth_config(scripted_llm, run_inputs, output, "transformers"), log=lambda _: None
-    )
+    summary = run_synthesize(synth_config(scripted_llm, run_inputs, output, "transformers"))
     return summary, output / "run"
 
 
@@ -249,14 +247,14 @@ def test_a_run_folder_that_holds_files_is_refused_before_any_work(tiny_llm, tmp_
     (tmp_path / "out" / "run" / "old.txt").write_text("stale")
     config = SynthConfig(model=str(tiny_llm), output=str(tmp_path / "out"), run_id="run")
     with pytest.raises(RunFolderError, match="run folder .*/out/run already holds files: .*overwrite=true"):
-        run_synthesize(config, log=lambda _: None)
+        run_synthesize(config)
     assert [p.name for p in (tmp_path / "out" / "run").iterdir()] == ["old.txt"]
 
 
 def test_a_model_that_cannot_be_loaded_fails_before_any_work(tmp_path):
     config = SynthConfig(model=str(tmp_path / "no-model"), output=str(tmp_path / "out"), run_id="run")
     with pytest.raises(ValueError, match="model: cannot load the tokenizer of '.*no-model'"):
-        run_synthesize(config, log=lambda _: None)
+        run_synthesize(config)
     assert not (tmp_path / "out" / "run").exists()
 
 
@@ -355,7 +353,7 @@ def test_config_profiles_and_validation(tmp_path):
 @needs_vllm
 def test_vllm_processor_gives_the_transformers_outputs(transformers_run, scripted_llm, run_inputs, tmp_path):
     config = synth_config(scripted_llm, run_inputs, tmp_path / "out", "vllm")
-    summary = run_synthesize(config, log=lambda _: None)
+    summary = run_synthesize(config)
     reference, reference_out = transformers_run
     for key in ("prompts", "sentences", "rejected", "templates", "edges", "balanced"):
         assert summary[key] == reference[key], key
@@ -389,8 +387,7 @@ def test_real_titles_inherit_the_skills_of_a_similar_generated_title(scripted_ll
     pq.write_table(pa.table({"title": real}), tmp_path / "real_titles.parquet")
     merge = {"titles": str(tmp_path / "real_titles.parquet"), "min_similarity": 0.8}
     run_synthesize(
-        synth_config(scripted_llm, run_inputs, tmp_path / "out", "transformers", merge_titles=merge),
-        log=lambda _: None,
+        synth_config(scripted_llm, run_inputs, tmp_path / "out", "transformers", merge_titles=merge)
     )
     edges = pq.read_table(tmp_path / "out" / "run" / "edges").to_pylist()
     generated = {

@@ -47,7 +47,7 @@ def test_sampled_v111_prompts_through_vllm_balance_and_carry_lineage(
             "run_id": "esco",
         }
     )
-    summary = run_synthesize(config, log=lambda _: None)
+    summary = run_synthesize(config)
     assert summary["prompts"]["in"] == 16 and summary["generations"]["rows"] == 16
     assert summary["generations"]["inference_errors"] == 0
     assert summary["templates"].keys() == {"long-tail", "multi-skill", "title-skills"}

@@ -9,6 +9,7 @@ only for languages the encoder supports (``ground.encoder.languages``); other ad
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from workembed.data.config import GroundConfig
 from workembed.data.lexical import LabelMatcher
 from workembed.data.records import is_reject, to_table
 from workembed.taxonomy import Taxonomy
+
+logger = logging.getLogger(__name__)
 
 GROUNDED = "grounded"
 SKIPPED_LANGUAGE = "skipped_language"
@@ -56,7 +59,7 @@ def occupation_space(taxonomy: Taxonomy, alt_labels: bool = True) -> LabelSpace:
     return LabelSpace([u for u, _ in pairs], [label for _, label in pairs], kind="job_title")
 
 
-def embed_space(space: LabelSpace, config: GroundConfig, log=print) -> LabelSpace:
+def embed_space(space: LabelSpace, config: GroundConfig) -> LabelSpace:
     """Fill ``space.vectors`` from the on-disk cache, or embed the labels once and cache them."""
     from workembed.models import Encoder
 
@@ -64,7 +67,9 @@ def embed_space(space: LabelSpace, config: GroundConfig, log=print) -> LabelSpac
     if cache.is_file():
         space.vectors = np.load(cache)
         return space
-    log(f"embedding {len(space.labels)} ESCO labels with {config.encoder.model} (cached in {cache})")
+    logger.info(
+        "embedding %d ESCO labels with %s (cached in %s)", len(space.labels), config.encoder.model, cache
+    )
     encoder = Encoder(
         config.encoder.model, batch_size=config.encoder.batch_size, max_length=config.encoder.max_length
     )

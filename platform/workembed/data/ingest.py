@@ -9,8 +9,8 @@ except counts.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -25,8 +25,11 @@ from workembed.data.read import RawRecordDatasource
 from workembed.data.records import STREAM_SCHEMA, RecordParser, is_reject, to_table
 from workembed.data.storage import filesystem_for, join, list_files
 from workembed.data.text import split_sentences
+from workembed.errors import ClusterError, ConfigError
 from workembed.runs import open_run, sum_counts
 from workembed.taxonomy import Taxonomy, load_esco_config
+
+logger = logging.getLogger(__name__)
 
 STAGE_ORDER = ("read", "parse", "validate", "dedupe")
 # The dedupe indexes live in one actor doing cheap look-ups: a fraction of a CPU, so that it never takes the
@@ -126,7 +129,7 @@ class Deduplicator:
 def raw_stream(config: IngestConfig):
     """The raw records of every configured source, cut into blocks of ``block_rows``; lazy."""
     if not config.sources:
-        raise ValueError("ingest: no sources configured (sources: [...])")
+        raise ConfigError("ingest: no sources configured (sources: [...])")
     datasets = [read_source(source, config) for source in config.sources]
     ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
     # Streaming (no shuffle): a large file read as one block would go to a single preparer. Strict, so that
@@ -153,14 +156,14 @@ def clean_stream(config: IngestConfig):
     )
 
 
-def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy, log: Callable[[str], None]):
+def ground_stream(ds, config: IngestConfig, taxonomy: Taxonomy):
     """Adds ESCO grounding to a stream of segmented ads (label embeddings are computed or read once here)."""
     from ray.data import ActorPoolStrategy
 
     skills, occupations = skill_space(taxonomy), occupation_space(taxonomy)
     if config.ground.dense:
-        embed_space(skills, config.ground, log)
-        embed_space(occupations, config.ground, log)
+        embed_space(skills, config.ground)
+        embed_space(occupations, config.ground)
     skill_labels = [
         (label, s.uri) for s in taxonomy.skills.values() for label in (s.preferred_label, *s.alt_labels)
     ]
@@ -286,7 +289,7 @@ def required_cpus(config: IngestConfig) -> float:
 def check_cluster_cpus(config: IngestConfig, available: float) -> None:
     needed = required_cpus(config)
     if available < needed:
-        raise ValueError(
+        raise ClusterError(
             f"the Ray cluster has {available:g} logical CPUs; this ingest needs at least {needed:g} "
             f"({config.prepare_actors} preparer(s) + {INDEX_ACTOR_CPUS:g} dedupe + "
             f"{config.ground.concurrency} grounding actor(s) × {config.ground.num_cpus:g} + 1 reader): "
@@ -295,8 +298,9 @@ def check_cluster_cpus(config: IngestConfig, available: float) -> None:
         )
 
 
-def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the job; returns (and writes to ``<run>/summary.json``) the summary."""
+def run_ingest(config: IngestConfig) -> dict[str, Any]:
+    """Run the job (``workembed run ingest``); returns (and writes to ``<run>/summary.json``) the summary,
+    whose per-stage balance it logs as a table at the end."""
     import ray
 
     from workembed.data.matching import build_matching_edges
@@ -307,11 +311,9 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
     run_id, out, fs = run.run_id, run.path, run.filesystem
     started = time.monotonic()
     taxonomy = load_esco_config(config.esco)
-    log(f"ingest run {run_id}: {len(config.sources)} source(s) → {out}")
+    logger.info("ingest run %s: %d source(s) → %s", run_id, len(config.sources), out)
 
-    ground_stream(clean_stream(config), config, taxonomy, log).write_parquet(
-        join(out, "_stream"), filesystem=fs
-    )
+    ground_stream(clean_stream(config), config, taxonomy).write_parquet(join(out, "_stream"), filesystem=fs)
     streamed = ray.data.read_parquet(join(out, "_stream"), filesystem=fs, schema=STREAM_SCHEMA)
     streamed.map_batches(_job_ads, batch_format="pyarrow").write_parquet(join(out, "job_ads"), filesystem=fs)
     streamed.map_batches(_sentences, batch_format="pyarrow").write_parquet(
@@ -382,6 +384,7 @@ def run_ingest(config: IngestConfig, log: Callable[[str], None] = print) -> dict
         "matching": matching_summary,
     }
     run.write_summary(summary)
+    logger.info("%s", format_summary(summary))
     return summary
 
 
@@ -407,12 +410,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append("edges: " + ", ".join(f"{k}={v}" for k, v in summary["edges"].items()))
     return "\n".join(lines)
-
-
-def run_stage(config: IngestConfig) -> dict[str, Any]:
-    """Entry of ``workembed run ingest``: runs the job and prints the balance table to stderr."""
-    import sys
-
-    summary = run_ingest(config, log=lambda message: print(message, file=sys.stderr))
-    print(format_summary(summary), file=sys.stderr)
-    return summary

@@ -329,7 +329,7 @@ def kustomization_dirs(overlay: Path) -> list[Path]:
         except (OSError, yaml.YAMLError):
             continue  # kustomize reports it
         for entry in [*(kustomization.get("resources") or []), *(kustomization.get("components") or [])]:
-            if isinstance(entry, str) and "://" not in entry and (folder / entry).is_dir():
+            if isinstance(entry, str) and not is_uri(entry) and (folder / entry).is_dir():
                 pending.append(folder / entry)
     return found
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 from workembed.config import is_uri, resolve_data_path
 from workembed.data.graph import EDGE_SCHEMA
 from workembed.data.storage import filesystem_for, join, strip_scheme
+from workembed.errors import ConfigError, DatasetError
 from workembed.runs import open_run, sum_counts
 from workembed.synth.config import SamplingConfig, SynthConfig
 from workembed.synth.validate import (
@@ -48,7 +49,8 @@ from workembed.synth.validate import (
     reason_code,
 )
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 SENTENCE_TASK, TITLE_TASK = "skill-sentence", "skill-job"
 LINEAGE_FIELDS = [
     pa.field("template", pa.string()),
@@ -190,7 +192,7 @@ def edges_of(
     return pa.Table.from_pylist(edges, schema=EDGES_SCHEMA)
 
 
-def merge_titles(config: SynthConfig, edges, log: Log) -> pa.Table | None:
+def merge_titles(config: SynthConfig, edges) -> pa.Table | None:
     """Edges from each real title of ``config.merge_titles.titles`` to the skills of its most similar
     generated title (cosine ≥ ``min_similarity``; weight = the cosine; the source edge's lineage kept);
     None without real titles or generated title edges."""
@@ -201,7 +203,7 @@ def merge_titles(config: SynthConfig, edges, log: Log) -> pa.Table | None:
 
     title_edges = edges.filter(expr=col("task") == TITLE_TASK).take_all()
     if not title_edges:
-        log("merge_titles: no title-skills edges to carry over")
+        logger.info("merge_titles: no title-skills edges to carry over")
         return None
     from workembed.models import Encoder
 
@@ -223,7 +225,9 @@ def merge_titles(config: SynthConfig, edges, log: Log) -> pa.Table | None:
             continue
         for row in by_title[generated[best]]:
             merged.append({**row, "left_id": title_id(title), "left_text": title, "weight": round(score, 6)})
-    log(f"merge_titles: {len(merged)} edges for real titles similar to {len(generated)} generated titles")
+    logger.info(
+        "merge_titles: %d edges for real titles similar to %d generated titles", len(merged), len(generated)
+    )
     return pa.Table.from_pylist(merged, schema=EDGES_SCHEMA)
 
 
@@ -289,7 +293,7 @@ def edge_tally(batch: pa.Table) -> pa.Table:
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any]:
+def run_synthesize(config: SynthConfig) -> dict[str, Any]:
     """Generate, validate and write synthetic edges; returns the summary (also written as JSON)."""
     import ray
     from ray.data import ActorPoolStrategy
@@ -298,7 +302,6 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
     from workembed.synth.templates import build_prompts
     from workembed.taxonomy import load_esco_config
 
-    log = log or _stderr
     started = time.perf_counter()
     model = resolve_model(config.model)
     if model != config.model:
@@ -312,16 +315,21 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
     taxonomy = load_esco_config(config.esco)
     prompt_rows = build_prompts(taxonomy, config.prompts, read_edge_counts(config), read_titles(config))
     if not prompt_rows:
-        raise ValueError(
+        raise ConfigError(
             "no prompts were built: no skill is under prompts.long_tail.edge_threshold and the other "
             "templates gave none (raise the threshold or enable another template)"
         )
     by_template: dict[str, int] = {}
     for row in prompt_rows:
         by_template[row["template"]] = by_template.get(row["template"], 0) + 1
-    log(
-        f"synthesize {run_id}: {len(prompt_rows)} prompts {by_template}, backend {config.backend}, "
-        f"model {model} → {out}"
+    logger.info(
+        "synthesize %s: %d prompts %s, backend %s, model %s → %s",
+        run_id,
+        len(prompt_rows),
+        by_template,
+        config.backend,
+        model,
+        out,
     )
 
     config.ray.connect()
@@ -335,9 +343,13 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
     generation_seconds = time.perf_counter() - generation_started
     generations.write_parquet(join(out, "generations"), filesystem=fs)
     gen = sum_counts(generations.map_batches(generation_tally, batch_format="pyarrow").take_all(), "counts")
-    log(
-        f"generated {gen['rows']} rows in {generation_seconds:.1f} s ({gen['inference_errors']} inference "
-        f"errors, {gen['tokens_in']} tokens in, {gen['tokens_out']} out)"
+    logger.info(
+        "generated %d rows in %.1f s (%d inference errors, %d tokens in, %d out)",
+        gen["rows"],
+        generation_seconds,
+        gen["inference_errors"],
+        gen["tokens_in"],
+        gen["tokens_out"],
     )
 
     validator = SentenceValidator.from_taxonomy(taxonomy, config.validation)
@@ -366,7 +378,7 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
         },
         batch_format="pyarrow",
     ).materialize()
-    merged = merge_titles(config, edges, log)
+    merged = merge_titles(config, edges)
     if merged is not None:
         edges = edges.union(ray.data.from_arrow(merged)).materialize()
     write_table_dataset(edges, join(out, "edges"), EDGES_SCHEMA, fs)
@@ -386,10 +398,14 @@ def run_synthesize(config: SynthConfig, log: Log | None = None) -> dict[str, Any
         "seconds": round(time.perf_counter() - started, 1),
     }
     run.write_summary(summary)
-    log(
-        f"synthesize: {summary['prompts']['in']} prompts, {summary['sentences']['accepted']} sentences "
-        f"accepted, {summary['sentences']['rejected']} rejected {summary['rejected']}, "
-        f"edges {summary['edges']} ({summary['seconds']} s)"
+    logger.info(
+        "synthesize: %d prompts, %d sentences accepted, %d rejected %s, edges %s (%s s)",
+        summary["prompts"]["in"],
+        summary["sentences"]["accepted"],
+        summary["sentences"]["rejected"],
+        summary["rejected"],
+        summary["edges"],
+        summary["seconds"],
     )
     return summary
 
@@ -476,7 +492,7 @@ def check_model(model: str) -> None:
     try:
         has_chat_template(model)
     except (OSError, ValueError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"model: cannot load the tokenizer of '{model}' (give an LLM folder or a Hugging Face id): {err}"
         ) from None
 
@@ -516,7 +532,7 @@ def read_title_column(config: SynthConfig, setting: str) -> list[str]:
     config.ray.connect()
     dataset = ray.data.read_parquet(location, filesystem=filesystem_for(location, config.storage))
     if "title" not in dataset.schema().names:
-        raise ValueError(f"titles: {location} has no 'title' column (columns: {dataset.schema().names})")
+        raise DatasetError(f"titles: {location} has no 'title' column (columns: {dataset.schema().names})")
     titles = dataset.select_columns(["title"]).unique("title")
     return sorted(title for title in titles if title and title.strip())
 
@@ -544,7 +560,3 @@ def write_table_dataset(dataset, location: str, schema: pa.Schema, fs) -> None:
         return
     fs.create_dir(strip_scheme(location))
     pq.write_table(schema.empty_table(), strip_scheme(join(location, "empty.parquet")), filesystem=fs)
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -13,26 +13,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from workembed.config import resolve_data_path
+from workembed.errors import ClusterError
 from workembed.runs import RunFolder, new_run_id, open_run
 from workembed.train.config import TrainConfig
 from workembed.train.loop import MODEL_DIR, STATE_FILE, train_worker
 from workembed.train.matching import matching_worker
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
+def run_train(config: TrainConfig) -> dict[str, Any]:
     """Train as ``config`` says; returns a summary (run name, steps, final metrics, model folder)."""
     import ray
     import ray.train
@@ -50,14 +46,20 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
 
         payload["matching_folder"] = str(matching_folder(config.data.matching.source.directory).resolve())
     else:
-        worker, datasets, unit = train_worker, {"edges": edges_dataset(config, log)}, "pairs"
+        worker, datasets, unit = train_worker, {"edges": edges_dataset(config)}, "pairs"
         payload["held_out"] = sorted(held_out_concepts(config))
         payload["benchmark_texts"] = sorted(benchmark_keys(config))
     mlflow_run_id = open_mlflow_run(config, run_name)
     storage_path, storage_filesystem = checkpoint_storage(config)
-    log(
-        f"training run {run_name}: {config.steps} steps of {config.batch_size} {unit} on "
-        f"{config.scaling.num_workers} worker(s), checkpoints in {storage_path}/{run_name}"
+    logger.info(
+        "training run %s: %d steps of %d %s on %d worker(s), checkpoints in %s/%s",
+        run_name,
+        config.steps,
+        config.batch_size,
+        unit,
+        config.scaling.num_workers,
+        storage_path,
+        run_name,
     )
     trainer = TorchTrainer(
         worker,
@@ -104,7 +106,12 @@ def run_train(config: TrainConfig, log: Log = _stderr) -> dict[str, Any]:
         "state": state,
         "mlflow_run_id": mlflow_run_id,
     }
-    log(f"training run {run_name} finished: loss {summary['metrics'].get('loss')}, model {summary['model']}")
+    logger.info(
+        "training run %s finished: loss %s, model %s",
+        run_name,
+        summary["metrics"].get("loss"),
+        summary["model"],
+    )
     return summary
 
 
@@ -115,7 +122,7 @@ def init_ray(config: TrainConfig) -> None:
     needed = config.scaling.num_workers * config.scaling.cpus_per_worker
     available = ray.cluster_resources().get("CPU", 0)
     if available < needed + 1:
-        raise RuntimeError(
+        raise ClusterError(
             f"the Ray cluster has {available:g} logical CPUs; training needs {needed:g} for its workers plus "
             "1 for the data and the controller: raise ray.num_cpus or lower scaling.num_workers / "
             "cpus_per_worker"
@@ -142,7 +149,7 @@ def benchmark_keys(config: TrainConfig) -> frozenset[str]:
     return every_key(benchmark_texts(resolve_data_path(config.data.benchmarks)))
 
 
-def edges_dataset(config: TrainConfig, log: Log = _stderr):
+def edges_dataset(config: TrainConfig):
     """The training edges as one Ray Data dataset: Parquet ``edges``, ESCO-only edges and SkillSkape sentence
     edges; edges written by a test model (origin ``synthetic-test``) are never trained on."""
     import ray.data
@@ -169,9 +176,13 @@ def edges_dataset(config: TrainConfig, log: Log = _stderr):
         if config.data.skillskape is not None:
             table, summary = skillskape_edges_table(resolve_data_path(config.data.skillskape), taxonomy)
             unknown = len(summary.get("unknown_labels", {}))
-            log(
-                f"SkillSkape {config.data.skillskape}: {summary['sentences']} sentences → {summary['edges']} "
-                f"edges; dropped {summary['dropped']}, unknown labels: {unknown}"
+            logger.info(
+                "SkillSkape %s: %d sentences → %d edges; dropped %s, unknown labels: %d",
+                config.data.skillskape,
+                summary["sentences"],
+                summary["edges"],
+                summary["dropped"],
+                unknown,
             )
             parts.append(ray.data.from_arrow(table))
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
