@@ -4,6 +4,7 @@ resumes a run without re-running finished stages, and addresses outputs by run i
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -87,11 +88,11 @@ def _pipeline(tmp_path: Path, ray_head: str, ingest_set: list[str]) -> PipelineC
 
 
 @pytest.mark.slow
-def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path):
-    lines: list[str] = []
+def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="workembed")
     broken = _pipeline(tmp_path, ray_head, ["output=" + str(tmp_path / "out"), "no_such_field=1"])
     with pytest.raises(PipelineError) as failure:
-        run_pipeline(broken, log=lines.append)
+        run_pipeline(broken)
     message = str(failure.value)
     assert "stage 'ingest' failed (job r1-ingest-1)" in message
     assert "no_such_field" in message  # the job's own error, from its log
@@ -100,20 +101,21 @@ def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path):
     assert not (tmp_path / "out").exists()
 
     with pytest.raises(PipelineError, match="exists: resume it with --resume r1"):
-        run_pipeline(broken, log=lines.append)  # a run id is never reused by a new run
+        run_pipeline(broken)  # a run id is never reused by a new run
 
     fixed = _pipeline(tmp_path, ray_head, ["output=" + str(tmp_path / "out")])
-    state = run_pipeline(fixed, resume="r1", log=lines.append)
+    state = run_pipeline(fixed, resume="r1")
     entry = state["stages"]["ingest"]
     assert (entry["status"], entry["job_id"], entry["attempt"]) == ("SUCCEEDED", "r1-ingest-2", 2)
     assert "--set run_id=r1" in entry["entrypoint"]
     ads = pq.read_table(tmp_path / "out" / "r1" / "job_ads").to_pylist()
     assert sorted(ad["ad_id"] for ad in ads) == ["tiny:p1", "tiny:p2"]
+    lines = [record.getMessage() for record in caplog.records if record.name == "workembed.job_runner"]
     assert any("ingest" in line for line in lines if line.startswith("  "))  # the job log was streamed
 
     assert stages_to_run(fixed, read_state(fixed, "r1"), None) == []
     with pytest.raises(PipelineError, match="already succeeded and would be overwritten"):
-        run_pipeline(fixed, resume="r1", start="ingest", log=lines.append)
+        run_pipeline(fixed, resume="r1", start="ingest")
 
 
 def test_stage_order_rules(tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from workembed.errors import ClusterError
+from workembed.logs import add_logging_args, setup_logging_from_args
+
+logger = logging.getLogger(__name__)
 
 DEMO_ROOT = Path("runs/demo")
 PIPELINE = Path("jobs/configs/demo.yaml")
@@ -41,10 +47,6 @@ SAMPLE_AD = (
 )
 SAMPLE_TITLES = ["Senior Java developer", "IT security officer", "data scientist"]
 SAMPLE_SKILL = "Python (computer programming)"
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def prepare(root: Path, esco: str) -> dict[str, str]:
@@ -80,7 +82,7 @@ def wait_until_serving(base: str, timeout_s: float = 600.0) -> dict[str, Any]:
         except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
             last = str(err)
         time.sleep(2)
-    raise RuntimeError(f"the Serve application did not answer within {timeout_s:.0f} s ({last})")
+    raise ClusterError(f"the Serve application did not answer within {timeout_s:.0f} s ({last})")
 
 
 def reference_champion(record: Path) -> dict[str, Any] | None:
@@ -90,7 +92,7 @@ def reference_champion(record: Path) -> dict[str, Any] | None:
         return None
     reference = json.loads(record.read_text(encoding="utf-8"))
     if reference.get("decision") not in SERVED_BY_REFERENCE:
-        say(f"  reference model not served: its promotion was {reference.get('decision')} ({record})")
+        logger.info(f"  reference model not served: its promotion was {reference.get('decision')} ({record})")
         return None
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -100,7 +102,7 @@ def reference_champion(record: Path) -> dict[str, Any] | None:
             reference["name"], reference["alias"]
         )
     except MlflowException as err:
-        say(f"  reference model not served: {reference['uri']} does not resolve ({err.message})")
+        logger.info(f"  reference model not served: {reference['uri']} does not resolve ({err.message})")
         return None
     return reference
 
@@ -128,7 +130,7 @@ def serve_champion(config, model: str, tracking_uri: str, esco: str, port: int) 
 
 def show_answers(base: str) -> None:
     extracted = post(base, "/v1/extract", {"text": SAMPLE_AD})
-    say(f"\n== POST /v1/extract (model {extracted['model']}, threshold {extracted['threshold']:.3f})")
+    logger.info(f"\n== POST /v1/extract (model {extracted['model']}, threshold {extracted['threshold']:.3f})")
     for sentence in extracted["sentences"]:
         skills = ", ".join(
             f"{skill['label']} ({skill['score']:.2f}; '{skill['spans'][0]['text']}')"
@@ -136,15 +138,15 @@ def show_answers(base: str) -> None:
             else f"{skill['label']} ({skill['score']:.2f})"
             for skill in sentence["skills"]
         )
-        say(f"  {sentence['sentence']}\n    → {skills or 'no skill'}")
+        logger.info(f"  {sentence['sentence']}\n    → {skills or 'no skill'}")
     titles = post(base, "/v1/normalize/title", {"titles": SAMPLE_TITLES, "k": 3})
-    say("\n== POST /v1/normalize/title")
+    logger.info("\n== POST /v1/normalize/title")
     for title, hits in zip(SAMPLE_TITLES, titles["results"], strict=True):
-        say(f"  {title} → " + "; ".join(f"{hit['label']} ({hit['score']:.2f})" for hit in hits))
+        logger.info(f"  {title} → " + "; ".join(f"{hit['label']} ({hit['score']:.2f})" for hit in hits))
     ranked = post(base, "/v1/rank", {"texts": [SAMPLE_SKILL], "space": "esco-occupations", "k": 5})
-    say(f"\n== POST /v1/rank: jobs for the skill '{SAMPLE_SKILL}'")
+    logger.info(f"\n== POST /v1/rank: jobs for the skill '{SAMPLE_SKILL}'")
     for hit in ranked["results"][0]:
-        say(f"  {hit['score']:.3f}  {hit['label']}")
+        logger.info(f"  {hit['score']:.3f}  {hit['label']}")
 
 
 def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = REFERENCE) -> int:
@@ -156,52 +158,57 @@ def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = R
     started_at = time.monotonic()
     config = services.ServicesConfig()
     before = {name for name, entry in services.status(config).items() if entry["running"]}
-    say("== local services (Ray head, MLflow on SQLite, S3 server on 127.0.0.1)")
-    urls = services.up(config, log=lambda line: say(f"  {line}"))
+    logger.info("== local services (Ray head, MLflow on SQLite, S3 server on 127.0.0.1)")
+    urls = services.up(config)
     env = services.client_env(config)
     os.environ.update(env)
     run_id = new_run_id("demo")
     try:
-        say(f"\n== sample data ({esco}) under {DEMO_ROOT / 'data'}")
+        logger.info(f"\n== sample data ({esco}) under {DEMO_ROOT / 'data'}")
         for name, path in prepare(DEMO_ROOT, esco).items():
-            say(f"  {name}: {path}")
-        say(f"\n== pipeline {run_id}: {PIPELINE} as Ray jobs on {urls['ray']}")
+            logger.info(f"  {name}: {path}")
+        logger.info(f"\n== pipeline {run_id}: {PIPELINE} as Ray jobs on {urls['ray']}")
         pipeline = load_config(PipelineConfig, PIPELINE, [f"address={urls['ray']}", f"run_id={run_id}"])
         try:
-            run_pipeline(pipeline, log=say)
+            run_pipeline(pipeline)
         except PipelineError as err:
-            say(f"\ndemo: {err}")
+            logger.error("\ndemo: %s", err)
             return 1
         model, tracking_uri, served_esco = DEMO_MODEL, env["MLFLOW_TRACKING_URI"], esco
         reference = reference_champion(reference_record) if reference_record else None
         if reference is not None:
             model, tracking_uri, served_esco = reference["uri"], reference["tracking_uri"], reference["esco"]
-            say(f"\n== the reference model is registered and promoted ({reference_record})")
-        say(f"\n== Ray Serve: {model} (ESCO {served_esco})")
+            logger.info(f"\n== the reference model is registered and promoted ({reference_record})")
+        logger.info(f"\n== Ray Serve: {model} (ESCO {served_esco})")
         base = serve_champion(config, model, tracking_uri, served_esco, port)
         models = wait_until_serving(base)
-        say(f"  serving {json.dumps(models.get('default', models))[:300]}")
+        logger.info(f"  serving {json.dumps(models.get('default', models))[:300]}")
         show_answers(base)
-        say("\n== where to look")
-        say(f"  MLflow UI:       {urls['mlflow']}  (experiments workembed-*, registered model 'workembed')")
-        say(f"  Ray dashboard:   {urls['ray']}  (jobs {run_id}-*)")
-        say(f"  API docs:        {base}/docs" + ("" if keep else "  (with KEEP=1)"))
-        say(f"  evaluation:      {DEMO_ROOT / 'reports' / run_id / 'eval.md'}")
-        say(f"  extraction:      {DEMO_ROOT / 'extract' / run_id}/extractions (Parquet)")
-        say(f"  pipeline state:  {DEMO_ROOT / 'pipeline' / run_id / 'state.json'}")
+        logger.info("\n== where to look")
+        logger.info(
+            f"  MLflow UI:       {urls['mlflow']}  (experiments workembed-*, registered model 'workembed')"
+        )
+        logger.info(f"  Ray dashboard:   {urls['ray']}  (jobs {run_id}-*)")
+        logger.info(f"  API docs:        {base}/docs" + ("" if keep else "  (with KEEP=1)"))
+        logger.info(f"  evaluation:      {DEMO_ROOT / 'reports' / run_id / 'eval.md'}")
+        logger.info(f"  extraction:      {DEMO_ROOT / 'extract' / run_id}/extractions (Parquet)")
+        logger.info(f"  pipeline state:  {DEMO_ROOT / 'pipeline' / run_id / 'state.json'}")
         if reference is not None:
-            say(f"  reference model: {reference_record.parent / 'MODEL_CARD.md'} ({tracking_uri})")
-        say(f"\ndemo finished in {(time.monotonic() - started_at) / 60:.1f} min")
+            logger.info(f"  reference model: {reference_record.parent / 'MODEL_CARD.md'} ({tracking_uri})")
+        logger.info(f"\ndemo finished in {(time.monotonic() - started_at) / 60:.1f} min")
         return 0
     finally:
         if keep:
-            say("KEEP=1: services and the Serve application keep running (make services-down stops them)")
+            logger.info(
+                "KEEP=1: services and the Serve application keep running (make services-down stops them)"
+            )
         else:
             _stop_serving()
             if before:
-                say(f"services {', '.join(sorted(before))} were running before the demo: left running")
+                running = ", ".join(sorted(before))
+                logger.info("services %s were running before the demo: left running", running)
             else:
-                services.down(config, log=lambda line: say(f"  {line}"))
+                services.down(config)
 
 
 def _stop_serving() -> None:
@@ -236,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=SERVE_PORT, help="HTTP port of the Serve application")
     parser.add_argument("--prepare", action="store_true", help="only write the sample data and exit")
+    add_logging_args(parser)
     args = parser.parse_args(argv)
+    setup_logging_from_args(args)
     if args.prepare:
-        say(json.dumps(prepare(DEMO_ROOT, args.esco), indent=2))
+        print(json.dumps(prepare(DEMO_ROOT, args.esco), indent=2))
         return 0
     reference = None if str(args.reference) == "none" else args.reference
     return run_demo(args.keep, args.esco, args.port, reference)

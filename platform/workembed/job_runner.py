@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from workembed.config import SERVICE_ENV, Config, ConfigError
+from workembed.errors import WorkembedError
 from workembed.runs import new_run_id
 
-Log = Callable[[str], None]
+logger = logging.getLogger(__name__)
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 STATE_FILE = "state.json"
 DEFAULT_EXCLUDES = [
@@ -44,7 +45,7 @@ DEFAULT_EXCLUDES = [
 ]
 
 
-class PipelineError(RuntimeError):
+class PipelineError(WorkembedError, RuntimeError):
     """A stage failed, or the run cannot continue as asked."""
 
 
@@ -230,14 +231,12 @@ def run_pipeline(
     *,
     resume: str | None = None,
     start: str | None = None,
-    log: Log | None = None,
     client: Any = None,
 ) -> dict[str, Any]:
     """Submit the stages in order (or continue run ``resume``); returns the run's state.
 
     Raises :class:`PipelineError` when a stage does not succeed (the state records it) or the run cannot
     continue as asked."""
-    log = log or _stderr
     if resume is not None:
         state = read_state(config, resume)
         run_id = resume
@@ -249,10 +248,10 @@ def run_pipeline(
     todo = stages_to_run(config, state, start)
     runtime_env = config.runtime_env.build()
     project_dir = Path(config.runtime_env.working_dir or ".").expanduser().resolve()
-    client = client or connect(config.address, log)
+    client = client or connect(config.address)
     state["address"] = client.get_address()
     _write_state(config, state)
-    log(f"pipeline run {run_id}: {', '.join(s.name for s in todo) or 'nothing left to run'}")
+    logger.info("pipeline run %s: %s", run_id, ", ".join(s.name for s in todo) or "nothing left to run")
     for stage in todo:
         attempt = int(state["stages"].get(stage.name, {}).get("attempt", 0)) + 1
         entrypoint = stage.entrypoint(run_id, project_dir)
@@ -268,8 +267,8 @@ def run_pipeline(
         entry["started_at"] = _now()
         state["stages"][stage.name] = entry
         _write_state(config, state)
-        log(f"== stage {stage.name}: job {job_id}: {entrypoint}")
-        status = wait_for_job(client, job_id, config.poll_s, config.timeout_s, log)
+        logger.info("== stage %s: job %s: %s", stage.name, job_id, entrypoint)
+        status = wait_for_job(client, job_id, config.poll_s, config.timeout_s)
         entry |= {"status": status, "finished_at": _now()}
         _write_state(config, state)
         if status != "SUCCEEDED":
@@ -279,18 +278,18 @@ def run_pipeline(
                 f"lines:\n{tail}\nFix it and continue with: workembed pipeline run -c <config> "
                 f"--resume {run_id}"
             )
-        log(f"== stage {stage.name}: succeeded")
+        logger.info("== stage %s: succeeded", stage.name)
     return state
 
 
-def connect(address: str | None, log: Log) -> Any:
+def connect(address: str | None) -> Any:
     """A Jobs SDK client for ``address`` (an explicit address wins over ``$RAY_ADDRESS``). With token
     authentication, the token of ``$RAY_AUTH_TOKEN`` / ``$RAY_AUTH_TOKEN_PATH`` is sent explicitly (Ray caches
     the first token a process loads, which may belong to another cluster)."""
     from ray.job_submission import JobSubmissionClient
 
     if address is not None and os.environ.get("RAY_ADDRESS") not in (None, address):
-        log(f"using --address {address} (not RAY_ADDRESS={os.environ['RAY_ADDRESS']})")
+        logger.info("using --address %s (not RAY_ADDRESS=%s)", address, os.environ["RAY_ADDRESS"])
         os.environ.pop("RAY_ADDRESS")
     token = auth_token()
     headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -310,14 +309,15 @@ def auth_token() -> str | None:
     return None
 
 
-def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | None, log: Log) -> str:
-    """Stream the job's logs to ``log`` until it ends (stopping it after ``timeout_s``); its final status."""
+def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | None) -> str:
+    """Stream the job's logs (as INFO lines, indented) until it ends (stopping it after ``timeout_s``); its
+    final status."""
 
     async def follow() -> str:
         async def stream() -> None:
             async for lines in client.tail_job_logs(job_id):
                 for line in lines.rstrip("\n").splitlines():
-                    log(f"  {line}")
+                    logger.info("  %s", line)
 
         streamer = asyncio.ensure_future(stream())
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -327,7 +327,7 @@ def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | Non
                 if status in TERMINAL:
                     break
                 if deadline is not None and time.monotonic() > deadline:
-                    log(f"job {job_id} ran past {timeout_s:g} s: stopping it")
+                    logger.warning("job %s ran past %g s: stopping it", job_id, timeout_s)
                     client.stop_job(job_id)
                     deadline = None
                 await asyncio.sleep(poll_s)
@@ -345,7 +345,3 @@ def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | Non
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

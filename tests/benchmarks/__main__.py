@@ -12,6 +12,7 @@ import importlib
 import sys
 
 from tests.benchmarks.common import save
+from workembed.logs import setup_logging
 
 BENCHMARKS = {
     "encoder": "tests.benchmarks.bench_encoder",
@@ -58,6 +59,7 @@ def main(argv: list[str]) -> int:
     groups = groups or [(name, []) for name in BENCHMARKS]
     # Every benchmark's options are checked before the first one runs (a typo must not cost an hour).
     runs = [(name, parse_options(name, options)) for name, options in groups]
+    setup_logging()  # the stages' progress lines, as the command line shows them
     for name, kwargs in runs:
         print(f"== benchmark: {name}", file=sys.stderr)
         save(name, importlib.import_module(BENCHMARKS[name]).run(**kwargs))

@@ -609,7 +609,7 @@ def ray_ground(table: pa.Table, config: IngestConfig, taxonomy, ray_cpus: int) -
     blocks = [table.slice(start, GROUND_BATCH_ADS) for start in range(0, table.num_rows, GROUND_BATCH_ADS)]
     with local_ray(ray_cpus) as ray:
         threads = actor_torch_threads(ray)
-        ds = ground_stream(ray.data.from_arrow(blocks), config, taxonomy, log)
+        ds = ground_stream(ray.data.from_arrow(blocks), config, taxonomy)
         log(f"ray: grounding {sentences} sentences of {table.num_rows} ads (actor torch threads: {threads})")
         counted = stream_counts(ds, "sentences")
     seconds, totals = counted["seconds"], counted["totals"]
@@ -635,7 +635,7 @@ def raw_ground(table: pa.Table, config: IngestConfig, taxonomy, threads: int) ->
 
     groups = _sentence_groups(table)
     sentences = sum(len(group) for group in groups)
-    skills = embed_space(skill_space(taxonomy), config.ground, log).vectors
+    skills = embed_space(skill_space(taxonomy), config.ground).vectors
     encoder = Encoder(
         config.ground.encoder.model,
         batch_size=config.ground.encoder.batch_size,

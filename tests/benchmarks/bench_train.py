@@ -419,10 +419,10 @@ def trainer_run(config, sampler: WorkerMemory | None = None) -> tuple[dict[str, 
     wait_for_workers_to_exit()
     started = time.perf_counter()
     if sampler is None:
-        summary = run_train(config, log=log)
+        summary = run_train(config)
     else:
         with sampler.running():
-            summary = run_train(config, log=log)
+            summary = run_train(config)
     return summary, time.perf_counter() - started
 
 

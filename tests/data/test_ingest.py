@@ -12,7 +12,7 @@ import pytest
 from workembed.config import load_config
 from workembed.data.config import IngestConfig
 from workembed.data.ingest import format_summary, run_ingest
-from workembed.errors import RunFolderError
+from workembed.errors import ClusterError, RunFolderError
 
 GOOD = [
     {
@@ -266,5 +266,5 @@ def test_too_few_cluster_cpus_is_a_clear_error(tmp_path, crafted):
     check_cluster_cpus(IngestConfig(), IngestConfig().ray.num_cpus)
     config.ground.num_cpus = 2
     config.ground.concurrency = 2
-    with pytest.raises(ValueError, match="has 4 logical CPUs; this ingest needs at least 6.25"):
+    with pytest.raises(ClusterError, match="has 4 logical CPUs; this ingest needs at least 6.25"):
         check_cluster_cpus(config, 4)

@@ -33,6 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from workembed.errors import DatasetError
+
 RAW_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -268,7 +270,7 @@ def _csv_rows(f: pa.NativeFile, delimiter: str, max_line_bytes: int) -> Iterator
     for raw, length in _bounded_records(f, max_line_bytes, _CsvRecordEnds(delimiter)):
         if header is None:
             if length > max_line_bytes:
-                raise ValueError(f"CSV header of {length} bytes > max_line_bytes {max_line_bytes}")
+                raise DatasetError(f"CSV header of {length} bytes > max_line_bytes {max_line_bytes}")
             text = raw.decode("utf-8", errors="replace")
             names = next(csv.reader([text], delimiter=delimiter), [])
             if any(name.strip() for name in names):
