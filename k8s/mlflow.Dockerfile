@@ -1,5 +1,6 @@
 # MLflow tracking server image: a small one of its own (no torch, no Ray), the same MLflow and boto3 as
-# the project's lock, plus the PostgreSQL driver. Build from the repository root:
+# the project's lock, MLflow's basic-auth app (mlflow[auth]: Flask-WTF) and the PostgreSQL driver. Build
+# from the repository root:
 #   docker build -f k8s/mlflow.Dockerfile -t workembed-mlflow:3.17.2 .
 # Pin the base by digest (python:3.11-slim-bookworm@sha256:...) in a release pipeline.
 FROM python:3.11-slim-bookworm
@@ -12,7 +13,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1
 
 COPY platform/requirements.lock /tmp/requirements.lock
-RUN pip install -c /tmp/requirements.lock "mlflow==${MLFLOW_VERSION}" boto3 \
+RUN pip install -c /tmp/requirements.lock "mlflow[auth]==${MLFLOW_VERSION}" boto3 \
         "psycopg2-binary==${PSYCOPG2_VERSION}" \
     && rm /tmp/requirements.lock \
     && useradd --uid 1000 --create-home mlflow

@@ -14,6 +14,7 @@ import yaml
 from tests.conftest import environ, free_port
 from workembed import services
 from workembed.job_runner import PipelineConfig, PipelineError, read_state, run_pipeline, stages_to_run
+from workembed.logs import JOB_LINE_PREFIX
 
 ADS = [
     {"id": "p1", "title": "Python developer", "body": "You write clean Python code daily."},
@@ -111,7 +112,12 @@ def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path, capl
     ads = pq.read_table(tmp_path / "out" / "r1" / "job_ads").to_pylist()
     assert sorted(ad["ad_id"] for ad in ads) == ["tiny:p1", "tiny:p2"]
     lines = [record.getMessage() for record in caplog.records if record.name == "workembed.job_runner"]
-    assert any("ingest" in line for line in lines if line.startswith("  "))  # the job log was streamed
+    shown = [line.strip() for line in lines if line.startswith("  ")]
+    assert any(line.startswith("ingest run r1:") for line in shown)  # the job's workembed lines are shown
+    log = Path(entry["log"]).read_text(encoding="utf-8")
+    assert entry["log"].endswith("logs/ingest-2.log") and f"{JOB_LINE_PREFIX}ingest run r1:" in log
+    assert "Running entrypoint for job r1-ingest-2" in log  # Ray's own lines go to the file only
+    assert not any("Running entrypoint" in line or JOB_LINE_PREFIX in line for line in shown)
 
     assert stages_to_run(fixed, read_state(fixed, "r1"), None) == []
     with pytest.raises(PipelineError, match="already succeeded and would be overwritten"):
@@ -148,3 +154,62 @@ def test_unknown_or_repeated_stage_is_a_config_error():
         PipelineConfig.model_validate(
             {"stages": [{"name": "ingest", "config": "a.yaml"}, {"name": "ingest", "config": "b.yaml"}]}
         )
+
+
+@pytest.mark.slow
+def test_promote_gets_the_version_register_produced(ray_head, mlflow_server, tiny_bert, tmp_path):
+    """register → promote as Ray jobs: the runner keeps register's result in the run's state and passes its
+    version to promote; the jobs reach the authenticated MLflow server as the pipeline user."""
+    from mlflow import MlflowClient
+
+    name = f"pipe-{free_port()}"
+    client = MlflowClient(mlflow_server)
+    config = PipelineConfig.model_validate(
+        {
+            "address": ray_head,
+            "run_id": "r2",
+            "state_dir": str(tmp_path / "state"),
+            "poll_s": 0.5,
+            "runtime_env": {
+                "working_dir": str(Path.cwd()),
+                "env_vars": {"MLFLOW_TRACKING_URI": mlflow_server},
+            },
+            "stages": [
+                {
+                    "name": "register",
+                    "config": "jobs/configs/register.yaml",
+                    "set": [f"name={name}", f"model_dir={tiny_bert}", "calibration.datasets=[]"],
+                },
+                {
+                    "name": "promote",
+                    "config": "jobs/configs/promote.yaml",
+                    "set": [f"name={name}", "version={register.version}", "force=true", "gate.datasets=[]"],
+                },
+            ],
+        }
+    )
+    state = run_pipeline(config)
+    registered = state["stages"]["register"]["result"]
+    promoted = state["stages"]["promote"]
+    assert registered["name"] == name and registered["version"] == "1"
+    assert f"--set version={registered['version']}" in promoted["entrypoint"]
+    assert promoted["result"]["version"] == registered["version"]
+    assert client.get_registered_model(name).aliases == {"champion": registered["version"]}
+    assert read_state(config, "r2")["stages"]["promote"]["result"]["decision"] == "forced"
+
+
+def test_a_stage_refers_to_an_earlier_stages_result():
+    stages = [
+        {"name": "register", "config": "jobs/configs/register.yaml"},
+        {"name": "promote", "config": "jobs/configs/promote.yaml", "set": ["version={register.version}"]},
+    ]
+    config = PipelineConfig.model_validate({"stages": stages})
+    promote = config.stages[1]
+    assert promote.entrypoint("r", Path("/p"), {"register": {"version": "4"}}).endswith("--set version=4")
+    with pytest.raises(PipelineError, match=r"needs \{register.version\}, but stage 'register' recorded no"):
+        promote.entrypoint("r", Path("/p"), {})
+    with pytest.raises(ValueError, match="refers to the result of register, which is not an earlier stage"):
+        PipelineConfig.model_validate({"stages": stages[::-1]})
+    assert promote.entrypoint("r", Path("/p"), {"register": {"version": 4}}) == (
+        "python -m jobs.promote -c jobs/configs/promote.yaml --set version=4"
+    )

@@ -2,11 +2,13 @@
 and ``-v`` move its level, library loggers stay off the console below WARNING but reach the log file."""
 
 import logging
+from pathlib import Path
 
 import pytest
 
+import workembed
 from workembed.cli import build_parser, with_default_subcommand
-from workembed.logs import LIBRARIES, LOGGER, setup_logging
+from workembed.logs import JOB_LOG_ENV, LIBRARIES, LOGGER, job_console_line, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +101,33 @@ def test_quiet_and_verbose_come_before_the_command_or_after_run_stage():
         "D",
     ]
     assert with_default_subcommand(["--log-file", "x", "eval"]) == ["--log-file", "x", "eval", "run"]
+
+
+def test_pipeline_job_lines_carry_the_prefix_the_runner_shows(capsys, monkeypatch):
+    monkeypatch.setenv(JOB_LOG_ENV, "1")
+    setup_logging()
+    logging.getLogger("workembed.data").info("ingest run r1: 2 rows\nsecond line")
+    logging.getLogger("workembed.data").warning("3 rejects")
+    logging.getLogger("ray.data").warning("operator table")
+    lines = capsys.readouterr().err.splitlines()
+    assert [job_console_line(line) for line in lines] == [
+        "ingest run r1: 2 rows",
+        "second line",
+        "warning: 3 rejects",
+        None,  # a library's line: the log file only
+    ]
+    assert job_console_line("\x1b[36m(pid=12) workembed| not the driver's") is None
+    assert job_console_line("Loading weights: 100%|██████████| 103/103") is None
+
+
+def test_modules_run_as_main_log_under_the_workembed_logger():
+    """``python -m workembed.demo`` names its module ``__main__``: a ``getLogger(__name__)`` there would fall
+    outside the ``workembed`` logger, and its lines (the demo's answers) would never reach the console."""
+    package = Path(workembed.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if '__name__ == "__main__"' in (text := path.read_text(encoding="utf-8"))
+        and "getLogger(__name__)" in text
+    ]
+    assert offenders == []

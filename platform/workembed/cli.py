@@ -23,7 +23,7 @@ from workembed.config import Config, add_config_args, config_from_args
 from workembed.errors import InputError, WorkembedError
 from workembed.logs import add_logging_args, setup_logging_from_args
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workembed.cli")  # also when run as __main__
 
 
 class EmbedConfig(Config):
@@ -148,6 +148,8 @@ def cmd_services(args: argparse.Namespace) -> object:
         return urls
     if args.action == "down":
         return {"stopped": services.down(config)}
+    if args.action == "rotate-mlflow-credentials":
+        return services.rotate_mlflow_credentials(config)
     return services.status(config)
 
 
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_parser(commands)
 
     svc = commands.add_parser("services", help="local Ray head, MLflow server and S3 server on 127.0.0.1")
-    svc.add_argument("action", choices=["up", "down", "status"])
+    svc.add_argument("action", choices=["up", "down", "status", "rotate-mlflow-credentials"])
     add_config_args(svc)
     svc.set_defaults(handler=cmd_services)
     return parser

@@ -19,16 +19,18 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretBytes, SecretStr, ValidationError
 
 from workembed.errors import ConfigError
 
 DATA_DIR_ENV = "WORKEMBED_DATA_DIR"
 SERVICE_ENV = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -124,8 +126,51 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
 
 
 def dump_config(config: Config) -> str:
-    """The fully resolved config as YAML (what a run logs as its parameters)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML (what a run logs as its parameters), without its secrets."""
+    return yaml.safe_dump(public_dump(config), sort_keys=False)
+
+
+SECRET_TYPES = (SecretStr, SecretBytes)
+
+
+def public_dump(config: BaseModel, **kwargs: Any) -> dict[str, Any]:
+    """``config.model_dump(mode="json", **kwargs)`` without secrets: every field typed ``SecretStr`` or
+    ``SecretBytes`` (alone, optional or in a container), in nested configs, lists and mappings too, is null,
+    set or not (a mapping entry holding a secret is left out). Every config written out of the process
+    (files, MLflow parameters, payloads) goes through here; the result validates again, with the secrets
+    unset, i.e. taken from the environment."""
+    kwargs.setdefault("mode", "json")
+    return _blank_secrets(config, config.model_dump(**kwargs))
+
+
+def _blank_secrets(value: Any, dumped: Any) -> Any:
+    if isinstance(value, BaseModel) and isinstance(dumped, dict):
+        for name, field in type(value).model_fields.items():
+            keys = {name, field.alias, field.serialization_alias} - {None}
+            child = getattr(value, name, None)
+            if _holds_secret(field.annotation) or isinstance(child, SECRET_TYPES):
+                for key in keys & dumped.keys():
+                    dumped[key] = None
+            else:
+                for key in keys & dumped.keys():
+                    _blank_secrets(child, dumped[key])
+    elif isinstance(value, Mapping) and isinstance(dumped, dict):
+        for key, child in value.items():
+            out = key if key in dumped else str(key)
+            if isinstance(child, SECRET_TYPES):
+                dumped.pop(out, None)
+            elif out in dumped:
+                _blank_secrets(child, dumped[out])
+    elif isinstance(value, list | tuple) and isinstance(dumped, list) and len(value) == len(dumped):
+        for child, out in zip(value, dumped, strict=True):
+            _blank_secrets(child, out)
+    return dumped
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, SECRET_TYPES):
+        return True
+    return any(_holds_secret(arg) for arg in get_args(annotation))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

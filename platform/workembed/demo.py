@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 import urllib.error
@@ -27,10 +28,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from workembed.errors import ClusterError
-from workembed.logs import add_logging_args, setup_logging_from_args
+from workembed.errors import ClusterError, WorkembedError
+from workembed.logs import add_logging_args, quiet_libraries, setup_logging_from_args
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workembed.demo")  # also when run as __main__
 
 DEMO_ROOT = Path("runs/demo")
 PIPELINE = Path("jobs/configs/demo.yaml")
@@ -38,6 +39,10 @@ REFERENCE = Path("reports/reference/registry.json")
 DEMO_MODEL = "models:/workembed@champion"
 SERVED_BY_REFERENCE = ("promoted", "forced")
 SERVE_PORT = 8000
+API_KEY = secrets.token_urlsafe(32)
+"""The API key of this demo run (the served API requires one): written to ``API_KEYS_FILE`` for the
+replicas, sent with every request."""
+API_KEYS_FILE = DEMO_ROOT / "cache" / "api-keys"
 SAMPLE_AD = (
     "Blue Harbor Systems is hiring a database administrator in Leeds.\n"
     "You will maintain our PostgreSQL and MySQL databases and tune slow SQL queries.\n"
@@ -65,7 +70,9 @@ def prepare(root: Path, esco: str) -> dict[str, str]:
 
 def post(base: str, route: str, payload: dict[str, Any], timeout: float = 120.0) -> Any:
     request = urllib.request.Request(
-        base + route, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+        base + route,
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json", "X-API-Key": API_KEY},
     )
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.load(response)
@@ -77,7 +84,8 @@ def wait_until_serving(base: str, timeout_s: float = 600.0) -> dict[str, Any]:
     last = "no answer yet"
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(base + "/v1/models", timeout=30) as response:
+            request = urllib.request.Request(base + "/v1/models", headers={"X-API-Key": API_KEY})
+            with urllib.request.urlopen(request, timeout=30) as response:
                 return json.load(response)
         except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
             last = str(err)
@@ -112,10 +120,19 @@ def serve_champion(config, model: str, tracking_uri: str, esco: str, port: int) 
     import ray
     from ray import serve
 
+    from workembed import services
     from workembed.serving.app import build_app
 
-    ray.init(address=f"127.0.0.1:{config.ray.port}", log_to_driver=False)
+    # the replicas read the registry as the read-only serving user (the head's own env names the pipeline's)
+    serving = {"env_vars": services.serving_env(config)} if services.serving_env(config) else None
+    quiet_libraries()  # Ray's own console handlers: its INFO lines go to the services' logs, not here
+    ray.init(address=f"127.0.0.1:{config.ray.port}", log_to_driver=False, runtime_env=serving)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    quiet_libraries()
+    API_KEYS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    API_KEYS_FILE.touch(mode=0o600)
+    API_KEYS_FILE.chmod(0o600)
+    API_KEYS_FILE.write_text(f"# API key of the demo run\n{API_KEY}\n", encoding="utf-8")
     args = {
         "model": model,
         "tracking_uri": tracking_uri,
@@ -123,6 +140,7 @@ def serve_champion(config, model: str, tracking_uri: str, esco: str, port: int) 
         "alias_poll_s": 10,
         "cache_dir": str((DEMO_ROOT / "cache" / "serving").resolve()),
         "profiles": {"qdrant_path": str((DEMO_ROOT / "cache" / "qdrant").resolve())},
+        "api_keys_file": str(API_KEYS_FILE.resolve()),
     }
     serve.run(build_app(args), name="workembed", route_prefix="/", blocking=False)
     return f"http://127.0.0.1:{port}"
@@ -190,6 +208,7 @@ def run_demo(keep: bool, esco: str, port: int, reference_record: Path | None = R
         )
         logger.info(f"  Ray dashboard:   {urls['ray']}  (jobs {run_id}-*)")
         logger.info(f"  API docs:        {base}/docs" + ("" if keep else "  (with KEEP=1)"))
+        logger.info(f"  API key:         in {API_KEYS_FILE} (header X-API-Key)")
         logger.info(f"  evaluation:      {DEMO_ROOT / 'reports' / run_id / 'eval.md'}")
         logger.info(f"  extraction:      {DEMO_ROOT / 'extract' / run_id}/extractions (Parquet)")
         logger.info(f"  pipeline state:  {DEMO_ROOT / 'pipeline' / run_id / 'state.json'}")
@@ -250,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(prepare(DEMO_ROOT, args.esco), indent=2))
         return 0
     reference = None if str(args.reference) == "none" else args.reference
-    return run_demo(args.keep, args.esco, args.port, reference)
+    try:
+        return run_demo(args.keep, args.esco, args.port, reference)
+    except WorkembedError as err:
+        logger.error("demo: %s", err)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,13 +1,18 @@
 """``workembed pipeline run``: the pipeline stages submitted in order as Ray jobs (Ray Jobs SDK).
 
 Each stage runs ``python -m jobs.<stage> -c <config> [--profile P] [--set k=v ...]`` on the cluster with the
-configured ``runtime_env``; its logs stream to this terminal, and the first stage that does not succeed
-stops the pipeline with its job id and last log lines. ``{run_id}`` in a stage's ``set`` values is replaced
-by the pipeline run id and ``{project_dir}`` by the absolute project folder (for outputs on a local cluster,
-which shares this file system), so every stage of a run writes under its own run id and a new run never
-overwrites a finished one. The state of a run (each stage's job id and status) is kept in
-``<state_dir>/<run_id>/state.json``; ``--resume RUN_ID`` continues a run from its first unfinished stage (or
-``--from STAGE``), never re-running a stage that already succeeded.
+configured ``runtime_env``. Its workembed lines (progress, results, warnings) show in this terminal; its whole
+log (libraries, progress bars, workers) goes to ``<state_dir>/<run_id>/logs/<stage>-<attempt>.log``. The
+first stage that does not succeed stops the pipeline with its job id and last log lines. ``{run_id}`` in a
+stage's ``set`` values is replaced by the pipeline run id and ``{project_dir}`` by the absolute project
+folder (for outputs on a local cluster, which shares this file system), so every stage of a run writes under
+its own run id and a new run never overwrites a finished one. The state of a run (each stage's job id and
+status) is kept in ``<state_dir>/<run_id>/state.json``; ``--resume RUN_ID`` continues a run from its first
+unfinished stage (or ``--from STAGE``), never re-running a stage that already succeeded.
+
+Each stage's summary (its result line, see :mod:`workembed.stages`) is kept in the state as ``result``; a
+later stage's ``set`` value refers to it as ``{STAGE.KEY}`` (e.g. ``version={register.version}``: promote
+the version the register stage produced), also across ``--resume``.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -25,11 +31,15 @@ from pydantic import Field, field_validator, model_validator
 
 from workembed.config import SERVICE_ENV, Config, ConfigError
 from workembed.errors import WorkembedError
+from workembed.logs import JOB_LOG_ENV, job_console_line, quiet_libraries
 from workembed.runs import new_run_id
+from workembed.stages import RESULT_ENV, read_result
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+RESULT_REF = re.compile(r"\{([A-Za-z_]\w*)\.([A-Za-z_][\w.]*)\}")
+"""``{STAGE.KEY}`` in a stage's ``set`` value: that key of an earlier stage's result."""
 STATE_FILE = "state.json"
 DEFAULT_EXCLUDES = [
     ".git",
@@ -111,8 +121,9 @@ class StageConfig(Config):
     profile: str | None = Field(None, description="Profile inside the stage config (e.g. gpu).")
     set: list[str] = Field(
         default_factory=list,
-        description="--set KEY=VALUE overrides; '{run_id}' is replaced by the pipeline run id and "
-        "'{project_dir}' by the absolute project folder.",
+        description="--set KEY=VALUE overrides; '{run_id}' is replaced by the pipeline run id, "
+        "'{project_dir}' by the absolute project folder and '{STAGE.KEY}' by that key of an earlier stage's "
+        "result (e.g. '{register.version}').",
     )
     num_cpus: float = Field(
         0, ge=0, description="CPUs reserved for the job's driver (entrypoint_num_cpus); tasks ask their own."
@@ -127,14 +138,33 @@ class StageConfig(Config):
                 raise ValueError(f"'{value}' is not KEY=VALUE")
         return values
 
-    def entrypoint(self, run_id: str, project_dir: Path) -> str:
-        """The shell command of the job."""
+    def entrypoint(
+        self, run_id: str, project_dir: Path, results: dict[str, dict[str, Any]] | None = None
+    ) -> str:
+        """The shell command of the job; ``results`` are the earlier stages' results (by stage name)."""
         words = ["python", "-m", f"jobs.{self.name}", "-c", self.config]
         if self.profile:
             words += ["--profile", self.profile]
         for value in self.set:
-            words += ["--set", value.replace("{run_id}", run_id).replace("{project_dir}", str(project_dir))]
+            value = value.replace("{run_id}", run_id).replace("{project_dir}", str(project_dir))
+            words += ["--set", RESULT_REF.sub(lambda ref: self._result(ref, results or {}), value)]
         return shlex.join(words)
+
+    def _result(self, ref: re.Match, results: dict[str, dict[str, Any]]) -> str:
+        stage, key = ref.group(1), ref.group(2)
+        value: Any = results.get(stage)
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or isinstance(value, dict | list):
+            raise PipelineError(
+                f"stage '{self.name}' needs {ref.group(0)}, but stage '{stage}' recorded no '{key}' in its "
+                "result"
+            )
+        return str(value)
+
+    def references(self) -> list[str]:
+        """The stages whose results this stage's ``set`` values refer to."""
+        return [ref.group(1) for value in self.set for ref in RESULT_REF.finditer(value)]
 
 
 class PipelineConfig(Config):
@@ -166,6 +196,13 @@ class PipelineConfig(Config):
             if unknown:
                 known = ", ".join(sorted(p.stem for p in jobs.glob("*.py") if p.stem != "__init__"))
                 raise ValueError(f"unknown stage(s) {', '.join(unknown)}: jobs/ has {known}")
+        for i, stage in enumerate(self.stages):
+            later = [name for name in stage.references() if name not in names[:i]]
+            if later:
+                raise ValueError(
+                    f"stage '{stage.name}' refers to the result of {', '.join(sorted(set(later)))}, "
+                    "which is not an earlier stage"
+                )
         return self
 
     def stage_names(self) -> list[str]:
@@ -247,6 +284,7 @@ def run_pipeline(
         state = {"run_id": run_id, "stages": {}}
     todo = stages_to_run(config, state, start)
     runtime_env = config.runtime_env.build()
+    runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), JOB_LOG_ENV: "1", RESULT_ENV: "1"}
     project_dir = Path(config.runtime_env.working_dir or ".").expanduser().resolve()
     client = client or connect(config.address)
     state["address"] = client.get_address()
@@ -254,7 +292,8 @@ def run_pipeline(
     logger.info("pipeline run %s: %s", run_id, ", ".join(s.name for s in todo) or "nothing left to run")
     for stage in todo:
         attempt = int(state["stages"].get(stage.name, {}).get("attempt", 0)) + 1
-        entrypoint = stage.entrypoint(run_id, project_dir)
+        results = {name: entry["result"] for name, entry in state["stages"].items() if "result" in entry}
+        entrypoint = stage.entrypoint(run_id, project_dir, results)
         job_id = client.submit_job(
             entrypoint=entrypoint,
             runtime_env=runtime_env,
@@ -267,8 +306,12 @@ def run_pipeline(
         entry["started_at"] = _now()
         state["stages"][stage.name] = entry
         _write_state(config, state)
-        logger.info("== stage %s: job %s: %s", stage.name, job_id, entrypoint)
-        status = wait_for_job(client, job_id, config.poll_s, config.timeout_s)
+        log_path = state_path(config, run_id).parent / "logs" / f"{stage.name}-{attempt}.log"
+        entry["log"] = str(log_path)
+        _write_state(config, state)
+        logger.info("== stage %s: job %s (full log: %s)", stage.name, job_id, log_path)
+        logger.debug("stage %s entrypoint: %s", stage.name, entrypoint)
+        status = wait_for_job(client, job_id, config.poll_s, config.timeout_s, log_path)
         entry |= {"status": status, "finished_at": _now()}
         _write_state(config, state)
         if status != "SUCCEEDED":
@@ -278,6 +321,10 @@ def run_pipeline(
                 f"lines:\n{tail}\nFix it and continue with: workembed pipeline run -c <config> "
                 f"--resume {run_id}"
             )
+        result = read_result(client.get_job_logs(job_id))
+        if result is not None:
+            entry["result"] = result
+            _write_state(config, state)
         logger.info("== stage %s: succeeded", stage.name)
     return state
 
@@ -287,6 +334,9 @@ def connect(address: str | None) -> Any:
     authentication, the token of ``$RAY_AUTH_TOKEN`` / ``$RAY_AUTH_TOKEN_PATH`` is sent explicitly (Ray caches
     the first token a process loads, which may belong to another cluster)."""
     from ray.job_submission import JobSubmissionClient
+
+    quiet_libraries()  # importing Ray set up its own console handler
+    logging.getLogger("ray._private.runtime_env.working_dir").addFilter(_default_exclude_notice)
 
     if address is not None and os.environ.get("RAY_ADDRESS") not in (None, address):
         logger.info("using --address %s (not RAY_ADDRESS=%s)", address, os.environ["RAY_ADDRESS"])
@@ -309,15 +359,25 @@ def auth_token() -> str | None:
     return None
 
 
-def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | None) -> str:
-    """Stream the job's logs (as INFO lines, indented) until it ends (stopping it after ``timeout_s``); its
-    final status."""
+def wait_for_job(
+    client: Any, job_id: str, poll_s: float, timeout_s: float | None, log_path: Path | None = None
+) -> str:
+    """Follow the job until it ends (stopping it after ``timeout_s``) and return its final status. Its
+    workembed lines (see :func:`~workembed.logs.job_console_line`) are shown indented, warnings as warnings;
+    the whole log (libraries, progress bars, workers) goes to ``log_path`` (without one: shown whole)."""
 
     async def follow() -> str:
         async def stream() -> None:
-            async for lines in client.tail_job_logs(job_id):
-                for line in lines.rstrip("\n").splitlines():
-                    logger.info("  %s", line)
+            if log_path is not None:
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path or os.devnull, "a", encoding="utf-8") as log:
+                async for lines in client.tail_job_logs(job_id):
+                    log.write(lines if lines.endswith("\n") else lines + "\n")
+                    log.flush()
+                    for line in lines.rstrip("\n").splitlines():
+                        shown = job_console_line(line) if log_path is not None else line
+                        if shown is not None:
+                            _show(shown)
 
         streamer = asyncio.ensure_future(stream())
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -341,6 +401,21 @@ def wait_for_job(client: Any, job_id: str, poll_s: float, timeout_s: float | Non
                 streamer.cancel()
 
     return asyncio.run(follow())
+
+
+def _default_exclude_notice(record: logging.LogRecord) -> bool:
+    """False for Ray's notice that it now excludes ``.git``/``.venv`` from a working_dir by itself (so do
+    :data:`DEFAULT_EXCLUDES`): it is no news to a workembed user."""
+    return "is now ignored by default" not in record.getMessage()
+
+
+def _show(line: str) -> None:
+    """One workembed line of a job, at its own level."""
+    if line.startswith(("warning: ", "error: ", "critical: ")):
+        level, _, message = line.partition(": ")
+        logger.log(logging.getLevelName(level.upper()), "  %s", message)
+    else:
+        logger.info("  %s", line)
 
 
 def _now() -> str:

@@ -9,6 +9,9 @@ libraries' from INFO. Progress bars (tqdm, Ray Data's) are not log records and s
 Some libraries (Ray Data, MLflow) install their own console handler when they are first imported;
 :func:`quiet_libraries` applies the settings again after such an import (``workembed run`` calls it once the
 stage is loaded).
+
+In a pipeline job (``$WORKEMBED_JOB_LOG`` set by ``workembed pipeline run``), workembed's console lines start
+with :data:`JOB_LINE_PREFIX`: the pipeline runner shows those lines and keeps the whole job log in a file.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ LIBRARIES = (
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LIBRARY_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
+JOB_LOG_ENV = "WORKEMBED_JOB_LOG"
+"""Set (to ``1``) in the environment of the pipeline's jobs: their workembed console lines get the prefix."""
+JOB_LINE_PREFIX = "workembed| "
+"""Start of a workembed console line in a pipeline job's log (the runner shows these lines only)."""
+
 _CONSOLE = "workembed-console"
 _LIBRARY_CONSOLE = "workembed-library-console"
 _FILE = "workembed-file"
@@ -65,11 +73,26 @@ class StderrHandler(logging.StreamHandler):
 
 
 class PlainFormatter(logging.Formatter):
-    """The message alone; warnings and errors start with their level (``warning: ...``)."""
+    """The message alone; warnings and errors start with their level (``warning: ...``); in a pipeline job
+    every line of it starts with :data:`JOB_LINE_PREFIX`."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = super().format(record)
-        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+        if record.levelno >= logging.WARNING:
+            message = f"{record.levelname.lower()}: {message}"
+        if os.environ.get(JOB_LOG_ENV):
+            message = "\n".join(JOB_LINE_PREFIX + line for line in message.splitlines())
+        return message
+
+
+def job_console_line(line: str) -> str | None:
+    """The workembed console line carried by a line of a pipeline job's log (prefix removed), None for
+    anything else (library output, progress bars, worker logs)."""
+    line = line.rstrip("\r\n")
+    start = line.find(JOB_LINE_PREFIX)
+    if start < 0 or line[:start].strip():
+        return None
+    return line[start + len(JOB_LINE_PREFIX) :]
 
 
 def console_level(verbosity: int) -> int:

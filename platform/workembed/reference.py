@@ -31,10 +31,10 @@ from typing import Any
 
 from pydantic import Field
 
-from workembed.config import Config, load_config
+from workembed.config import Config, load_config, public_dump
 from workembed.model_card import ESCO_TASKS
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("workembed.reference")  # also when run as __main__
 
 DEV_SETS = ("skill-extraction-house", "skill-extraction-tech", "skillskape-dev", "jobbert-titles")
 EXTRACTION_SETS = ("skill-extraction-house", "skill-extraction-tech")
@@ -319,7 +319,7 @@ def register(config: ReferenceConfig, model: Path, tasks: Path, out: Path) -> di
 
 def training_record(train_config, model: Path, run) -> dict[str, Any]:
     """The resolved recipe and, from its MLflow ``run`` (if any), the data fingerprint and graph summary."""
-    record: dict[str, Any] = {"config": train_config.model_dump(mode="json", exclude={"tracking"})}
+    record: dict[str, Any] = {"config": public_dump(train_config, exclude={"tracking"})}
     if run is not None:
         record["data.fingerprint"] = run.data.tags.get("data.fingerprint")
         graph = run.data.tags.get("data.graph")

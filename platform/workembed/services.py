@@ -5,6 +5,14 @@
 another Ray cluster or server on the machine. Logs and PID files live in ``state_dir``; the shell
 environment clients need (``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI``, ``AWS_ENDPOINT_URL``, ...) is written
 to ``state_dir/env``.
+
+MLflow runs its basic-auth app by default (``mlflow.auth``): every request needs a user. On first start
+``up`` generates three passwords into ``state_dir/mlflow_credentials.json`` (mode 0600, never logged): the
+admin, the pipeline user (may write every experiment and registered model: ``state_dir/env`` exports it as
+``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, and the local Ray head passes it to its jobs)
+and the read-only serving user (``state_dir/serving.env``, for the Serve application). Other users read
+what they did not create (``default_permission = READ``). :func:`rotate_mlflow_credentials` (``workembed
+services rotate-mlflow-credentials``) gives the pipeline and serving users (and the admin) new passwords.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from pydantic import Field, field_validator
@@ -35,6 +44,12 @@ LOOPBACK = "127.0.0.1"
 S3_ACCESS_KEY = "workembed"
 S3_SECRET_KEY = "workembed-local-secret"
 S3_REGION = "us-east-1"
+MLFLOW_USERS = {"admin": "admin", "pipeline": "workembed-pipeline", "serving": "workembed-serving"}
+"""The MLflow users ``up`` creates, by role: the admin, the pipeline (writes) and serving (reads)."""
+MLFLOW_WRITER_ROLE = "workembed-writer"
+"""The MLflow role of the pipeline user: EDIT on every experiment and registered model."""
+MLFLOW_CREDENTIALS = "mlflow_credentials.json"
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
 
 
 class RayHeadConfig(Config):
@@ -59,6 +74,13 @@ class MlflowServerConfig(Config):
         "s3",
         description="Artifact store: 's3' (a bucket on the local S3 server) "
         "or 'local' (state_dir/mlartifacts).",
+    )
+    auth: bool = Field(
+        True,
+        description="MLflow's basic-auth app: an admin, a pipeline user that may write (state_dir/env) and a "
+        "read-only serving user (state_dir/serving.env), passwords generated on first start into "
+        "state_dir/mlflow_credentials.json (0600). false: no authentication, anyone who reaches the port "
+        "may move an alias.",
     )
 
     @field_validator("artifacts")
@@ -142,13 +164,196 @@ def s3_env(config: ServicesConfig) -> dict[str, str]:
 
 
 def services_env(config: ServicesConfig) -> dict[str, str]:
-    """``MLFLOW_TRACKING_URI`` and the ``AWS_*`` variables of the enabled MLflow and S3 servers."""
+    """``MLFLOW_TRACKING_URI`` (with the pipeline user's credentials) and the ``AWS_*`` variables of the
+    enabled MLflow and S3 servers."""
     env: dict[str, str] = {}
     if config.mlflow.enabled:
         env["MLFLOW_TRACKING_URI"] = f"http://{LOOPBACK}:{config.mlflow.port}"
+        env |= mlflow_user_env(config, "pipeline")
     if config.s3.enabled:
         env |= s3_env(config)
     return env
+
+
+def serving_env(config: ServicesConfig) -> dict[str, str]:
+    """What a Serve application needs to read the registry: ``MLFLOW_TRACKING_URI`` and the read-only serving
+    user's credentials (``state_dir/serving.env``)."""
+    if not config.mlflow.enabled:
+        return {}
+    env = {"MLFLOW_TRACKING_URI": f"http://{LOOPBACK}:{config.mlflow.port}"}
+    return env | mlflow_user_env(config, "serving")
+
+
+# ------------------------------------------------------------------------------------ MLflow users
+
+
+def mlflow_credentials_path(config: ServicesConfig) -> Path:
+    return Path(config.state_dir) / MLFLOW_CREDENTIALS
+
+
+def mlflow_credentials(config: ServicesConfig) -> dict[str, Any] | None:
+    """The generated MLflow credentials (``secret_key`` and ``{role: {username, password}}``), if any."""
+    path = mlflow_credentials_path(config)
+    if not (config.mlflow.enabled and config.mlflow.auth and path.is_file()):
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def mlflow_user_env(config: ServicesConfig, role: str) -> dict[str, str]:
+    """``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` of ``role`` (``admin``, ``pipeline``,
+    ``serving``); empty without authentication or before the first start."""
+    found = mlflow_credentials(config)
+    if found is None:
+        return {}
+    return {USERNAME_ENV: found[role]["username"], PASSWORD_ENV: found[role]["password"]}
+
+
+def ensure_mlflow_credentials(config: ServicesConfig) -> dict[str, Any]:
+    """The MLflow credentials of ``state_dir``, generated (random passwords, file mode 0600) when absent, and
+    the auth app's config ``state_dir/mlflow_auth.ini`` (no secret in it)."""
+    state = Path(config.state_dir)
+    state.mkdir(parents=True, exist_ok=True)
+    path = mlflow_credentials_path(config)
+    if not path.is_file():
+        users = {role: {"username": name, "password": _password()} for role, name in MLFLOW_USERS.items()}
+        _write_private(path, json.dumps({"secret_key": secrets.token_hex(32), **users}, indent=2))
+    (state / "mlflow_auth.ini").write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{state / 'mlflow_auth.db'}\n"
+        f"admin_username = {MLFLOW_USERS['admin']}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        encoding="utf-8",
+    )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def rotate_mlflow_credentials(config: ServicesConfig, roles: tuple[str, ...] = tuple(MLFLOW_USERS)) -> dict:
+    """New passwords for the MLflow users of ``roles`` (on the running server, through the admin), written to
+    the credentials and env files. Clients must source the env files again; the Ray head and Serve
+    applications keep the old passwords until restarted (``services down`` / ``up``, a new deployment)."""
+    found = mlflow_credentials(config)
+    if found is None:
+        raise ServiceError("no MLflow credentials to rotate: MLflow auth is off or `services up` never ran")
+    if not _answers(next(s for s in _services(config) if s.name == "mlflow")):
+        raise ServiceError(
+            f"MLflow at http://{LOOPBACK}:{config.mlflow.port} does not answer: services up first"
+        )
+    UPDATE_USER_PASSWORD = _auth_routes().UPDATE_USER_PASSWORD
+
+    for role in sorted(roles, key=lambda role: role == "admin"):  # the admin's own password last
+        password = _password()
+        _mlflow_admin_call(
+            config,
+            found,
+            UPDATE_USER_PASSWORD,
+            "PATCH",
+            json={"username": found[role]["username"], "password": password}
+            | ({"current_password": found[role]["password"]} if role == "admin" else {}),
+        )
+        found[role]["password"] = password
+        _write_private(mlflow_credentials_path(config), json.dumps(found, indent=2))
+        logger.info("mlflow: new password for %s", found[role]["username"])
+    _write_env_files(config)
+    return {"rotated": [found[role]["username"] for role in roles], **_mlflow_usage(config)}
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600 from the start, replaced atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+def _mlflow_admin_call(config: ServicesConfig, found: dict[str, Any], endpoint: str, method: str, **kwargs):
+    """One call of MLflow's auth API as the admin; the answer's JSON, None for 404."""
+    from mlflow.utils.rest_utils import MlflowHostCreds, http_request
+
+    admin = found["admin"]
+    creds = MlflowHostCreds(
+        f"http://{LOOPBACK}:{config.mlflow.port}", username=admin["username"], password=admin["password"]
+    )
+    response = http_request(creds, endpoint, method, max_retries=0, **kwargs)
+    if response.status_code == 404:
+        return None
+    if response.status_code != 200:
+        raise ServiceError(
+            f"mlflow: {method} {endpoint} as {admin['username']} answered {response.status_code}: "
+            f"{response.text[:300]}"
+        )
+    return response.json() if response.content else {}
+
+
+def _auth_routes():
+    """MLflow's auth route names (importing its server package warns about Starlette internals: not ours)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="starlette.middleware.wsgi is deprecated")
+        from mlflow.server.auth import routes
+    return routes
+
+
+def _ensure_mlflow_users(config: ServicesConfig) -> None:
+    """Create the pipeline and serving users and the pipeline's writer role when missing."""
+    routes = _auth_routes()
+
+    found = ensure_mlflow_credentials(config)
+    for role in ("pipeline", "serving"):
+        user = found[role]
+        if _mlflow_admin_call(config, found, routes.GET_USER, "GET", params={"username": user["username"]}):
+            continue
+        _mlflow_admin_call(config, found, routes.CREATE_USER, "POST", json=user)
+        logger.info("mlflow: created user %s", user["username"])
+    roles = _mlflow_admin_call(config, found, routes.LIST_ROLES, "GET", params={"workspace": "default"})
+    writer = next((r for r in (roles or {}).get("roles", []) if r["name"] == MLFLOW_WRITER_ROLE), None)
+    if writer is None:
+        writer = _mlflow_admin_call(
+            config,
+            found,
+            routes.CREATE_ROLE,
+            "POST",
+            json={"workspace": "default", "name": MLFLOW_WRITER_ROLE},
+        )["role"]
+        for resource in ("experiment", "registered_model"):
+            grant = {"role_id": writer["id"], "resource_type": resource, "resource_pattern": "*"}
+            _mlflow_admin_call(
+                config, found, routes.ADD_ROLE_PERMISSION, "POST", json=grant | {"permission": "EDIT"}
+            )
+    pipeline = found["pipeline"]["username"]
+    held = _mlflow_admin_call(config, found, routes.LIST_USER_ROLES, "GET", params={"username": pipeline})
+    if not any(r["id"] == writer["id"] for r in (held or {}).get("roles", [])):
+        _mlflow_admin_call(
+            config, found, routes.ASSIGN_ROLE, "POST", json={"username": pipeline, "role_id": writer["id"]}
+        )
+
+
+def _mlflow_usage(config: ServicesConfig) -> dict[str, Any]:
+    """Where the MLflow users' credentials are (never the passwords)."""
+    state = Path(config.state_dir)
+    return {
+        "users": {role: name for role, name in MLFLOW_USERS.items()},
+        "pipeline_env": str(state / "env"),
+        "serving_env": str(state / "serving.env"),
+        "credentials": str(mlflow_credentials_path(config)),
+    }
+
+
+def _write_env_files(config: ServicesConfig) -> None:
+    """``state_dir/env`` (clients and the pipeline) and, with MLflow auth, ``state_dir/serving.env``."""
+    state = Path(config.state_dir)
+    _write_private(state / "env", "".join(f"export {k}={v}\n" for k, v in client_env(config).items()))
+    if mlflow_credentials(config) is not None:
+        _write_private(
+            state / "serving.env", "".join(f"export {k}={v}\n" for k, v in serving_env(config).items())
+        )
 
 
 def client_env(config: ServicesConfig) -> dict[str, str]:
@@ -194,12 +399,24 @@ def _services(config: ServicesConfig) -> list[Service]:
             env |= s3_env(config) | {"MLFLOW_S3_ENDPOINT_URL": f"http://{LOOPBACK}:{config.s3.port}"}
         else:
             artifacts = str(state / "mlartifacts")
+        auth: list[str] = []
+        found = mlflow_credentials(config)
+        if config.mlflow.auth:
+            auth = ["--app-name", "basic-auth"]
+            env |= {"MLFLOW_AUTH_CONFIG_PATH": str(state / "mlflow_auth.ini")}
+        if found is not None:
+            env |= {
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": found["secret_key"],
+                "MLFLOW_AUTH_ADMIN_USERNAME": found["admin"]["username"],
+                "MLFLOW_AUTH_ADMIN_PASSWORD": found["admin"]["password"],  # read on the first start only
+            }
         services.append(
             Service(
                 name="mlflow",
                 command=[
                     _bin("mlflow"),
                     "server",
+                    *auth,
                     "--backend-store-uri",
                     f"sqlite:///{state / 'mlflow.db'}",
                     "--artifacts-destination",
@@ -305,6 +522,8 @@ def up(config: ServicesConfig) -> dict[str, str]:
     """Start the enabled services that are not running; wait until each answers. Returns their URLs."""
     state = Path(config.state_dir)
     state.mkdir(parents=True, exist_ok=True)
+    if config.mlflow.enabled and config.mlflow.auth:
+        ensure_mlflow_credentials(config)  # before the services are built: the Ray head's env names the user
     urls: dict[str, str] = {}
     started: list[str] = []
     try:
@@ -319,8 +538,18 @@ def up(config: ServicesConfig) -> dict[str, str]:
         for name in reversed(started):  # leave nothing half-started behind
             _stop_group(config, name)
         raise
-    env_lines = [f"export {key}={value}" for key, value in client_env(config).items()]
-    (state / "env").write_text("\n".join(env_lines) + "\n")
+    if config.mlflow.enabled and config.mlflow.auth:
+        _ensure_mlflow_users(config)
+        usage = _mlflow_usage(config)
+        logger.info(
+            "mlflow: basic auth; `source %s` exports the pipeline user's MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD, %s has the read-only serving user's, %s all passwords (admin: %s)",
+            usage["pipeline_env"],
+            usage["serving_env"],
+            usage["credentials"],
+            MLFLOW_USERS["admin"],
+        )
+    _write_env_files(config)
     return urls
 
 
@@ -445,4 +674,6 @@ def status(config: ServicesConfig) -> dict[str, dict[str, object]]:
             "answers": _answers(service),
             "url": service.url,
         }
+        if service.name == "mlflow" and config.mlflow.auth:
+            report[service.name]["auth"] = _mlflow_usage(config)
     return report

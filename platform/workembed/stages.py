@@ -1,15 +1,30 @@
 """Pipeline stages by name: ``workembed run <stage>`` and ``python -m jobs.<stage>`` (through
 :func:`workembed.cli.stage_main`) share this table. Every stage is ``run_<stage>(config) -> summary``: it logs
-its progress to the ``workembed`` logger and returns its summary (a JSON-able mapping)."""
+its progress to the ``workembed`` logger and returns its summary (a JSON-able mapping).
+
+In a pipeline job (``$WORKEMBED_STAGE_RESULT`` set by ``workembed pipeline run``) the stage also prints its
+summary as one line, :data:`RESULT_PREFIX` + compact JSON, on standard output: the runner reads it back from
+the job log (:func:`read_result`) into the run's state, where later stages refer to it
+(``{register.version}``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 from workembed.config import config_from_args
 from workembed.logs import quiet_libraries
+
+RESULT_ENV = "WORKEMBED_STAGE_RESULT"
+"""Set (to ``1``) in the environment of the pipeline's jobs: the stage prints its result line."""
+RESULT_PREFIX = "workembed-result| "
+"""Start of the line of a pipeline job's log that holds the stage's summary (JSON)."""
 
 
 @dataclass(frozen=True)
@@ -87,4 +102,21 @@ def run(name: str, args: argparse.Namespace) -> object:
     config = config_from_args(stage.load(stage.config), args)
     run_stage = stage.load(stage.run)
     quiet_libraries()  # loading the stage may have imported a library that sets up its own console logging
-    return run_stage(config)
+    summary = run_stage(config)
+    if os.environ.get(RESULT_ENV):
+        sys.stdout.write(RESULT_PREFIX + json.dumps(summary, separators=(",", ":"), default=str) + "\n")
+        sys.stdout.flush()
+    return summary
+
+
+def read_result(log: str) -> dict[str, Any] | None:
+    """The summary a stage printed in its job log ``log`` (its last result line), None without one."""
+    for line in reversed(log.splitlines()):
+        start = line.find(RESULT_PREFIX)
+        if start >= 0 and not line[:start].strip():
+            try:
+                value = json.loads(line[start + len(RESULT_PREFIX) :])
+            except json.JSONDecodeError:
+                continue  # a line cut short, e.g. interleaved with a worker's output
+            return value if isinstance(value, dict) else {"value": value}
+    return None

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from workembed.config import SECRET_TYPES
 from workembed.errors import NotFoundError, RegistryError
 
 _UNSAFE = re.compile(r"[^\w.\-]")
@@ -123,9 +124,13 @@ def _metric_values(metrics: Mapping[str, float | None]) -> dict[str, float]:
 
 
 def param_values(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Parameters as MLflow takes them: nested mappings become dotted keys, non-strings JSON. Secret values
+    (``SecretStr``, ``SecretBytes``) are left out, as :func:`workembed.config.public_dump` leaves them."""
     values: dict[str, str] = {}
     for name, value in params.items():
         key = f"{prefix}.{safe_name(name)}" if prefix else safe_name(name)
+        if isinstance(value, SECRET_TYPES):
+            continue
         if isinstance(value, Mapping):
             values.update(param_values(value, key))
         else:

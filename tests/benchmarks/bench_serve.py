@@ -57,6 +57,7 @@ import csv
 import http.client
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -621,8 +622,9 @@ def over_http(
         profiles={"qdrant_path": str(cache_dir / "qdrant")},
     )
     args = config.model_dump(mode="json")
-    key = os.environ.get(config.api_key_env)
-    headers = {"X-API-Key": key} if key else {}
+    key = os.environ.get(config.api_key_env) or secrets.token_urlsafe(32)
+    os.environ[config.api_key_env] = key  # the local Ray started below passes it to the replicas
+    headers = {"X-API-Key": key}
     baseline, expected = served_in_process(config, work.sentences, warmup=warmup, rounds=rounds)
     log(f"in process ({runtime}, {threads} thread(s)): {baseline['requests_per_s']} requests/s")
 

@@ -331,7 +331,7 @@ def test_no_credential_is_committed():
                     if (ROOT / ".git").exists():
                         ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", str(file)])
                         assert ignored.returncode == 0, f"{file} is not gitignored"
-    assert generators == 4
+    assert generators == 7
     if (ROOT / ".git").exists():
         tracked = subprocess.run(
             ["git", "-C", str(ROOT), "ls-files", "k8s"], capture_output=True, text=True, check=True
@@ -340,7 +340,10 @@ def test_no_credential_is_committed():
     examples = sorted((ROOT / "k8s" / "overlays" / "local" / "credentials").glob("*.env.example"))
     assert [e.name for e in examples] == [
         "api.env.example",
+        "mlflow-admin.env.example",
         "mlflow-db.env.example",
+        "mlflow-pipeline.env.example",
+        "mlflow-serving.env.example",
         "postgres.env.example",
         "s3.env.example",
     ]
@@ -370,21 +373,44 @@ def test_local_overlay_renders_from_a_fresh_clone_with_generated_credentials(kub
     assert not list(folder.glob("*.env"))
     secrets = secrets_of(k8s.render_overlay(overlay, kubectl))
     written = sorted(folder.glob("*.env"))
-    assert [p.name for p in written] == ["api.env", "mlflow-db.env", "postgres.env", "s3.env"]
+    assert [p.name for p in written] == [
+        "api.env",
+        "mlflow-admin.env",
+        "mlflow-db.env",
+        "mlflow-pipeline.env",
+        "mlflow-serving.env",
+        "postgres.env",
+        "s3.env",
+    ]
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in written)
-    assert set(secrets) == {"workembed-s3", "workembed-postgres", "workembed-mlflow-db", "workembed-api"}
+    assert set(secrets) == {
+        "workembed-s3",
+        "workembed-postgres",
+        "workembed-mlflow-db",
+        "workembed-api",
+        "workembed-mlflow-admin",
+        "workembed-mlflow-pipeline",
+        "workembed-mlflow-serving",
+    }
     password = secrets["workembed-postgres"]["POSTGRES_PASSWORD"]
     assert re.fullmatch(r"[0-9a-f]{48}", password)
     assert secrets["workembed-mlflow-db"] == {
         "MLFLOW_BACKEND_STORE_URI": f"postgresql://mlflow:{password}@postgres:5432/mlflow"
     }
     assert secrets["workembed-s3"]["AWS_ACCESS_KEY_ID"] == "workembed"
+    assert secrets["workembed-mlflow-admin"]["MLFLOW_AUTH_ADMIN_USERNAME"] == "admin"
+    assert secrets["workembed-mlflow-pipeline"]["MLFLOW_TRACKING_USERNAME"] == "workembed-pipeline"
+    assert secrets["workembed-mlflow-serving"]["MLFLOW_TRACKING_USERNAME"] == "workembed-serving"
     generated = [
         secrets["workembed-s3"]["AWS_SECRET_ACCESS_KEY"],
         secrets["workembed-api"]["WORKEMBED_API_KEY"],
+        secrets["workembed-mlflow-admin"]["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        secrets["workembed-mlflow-admin"]["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        secrets["workembed-mlflow-pipeline"]["MLFLOW_TRACKING_PASSWORD"],
+        secrets["workembed-mlflow-serving"]["MLFLOW_TRACKING_PASSWORD"],
     ]
     assert all(re.fullmatch(r"[0-9a-f]{48}", value) for value in generated)
-    assert len({password, *generated}) == 3
+    assert len({password, *generated}) == 7
     # rendering again keeps them; another clone gets its own
     assert secrets_of(k8s.render_overlay(overlay, kubectl)) == secrets
     other = secrets_of(k8s.render_overlay(copy_k8s(tmp_path / "b"), kubectl))
@@ -395,17 +421,36 @@ def test_credentials_are_rotated_as_a_set_and_a_partial_set_is_refused(tmp_path,
     overlay = copy_k8s(tmp_path)
     folder = overlay / k8s.CREDENTIALS_DIR
     assert k8s.main(["credentials", "--overlay", str(overlay)]) == 0
-    assert len(yaml.safe_load(capsys.readouterr().out)["written"]) == 4
+    assert len(yaml.safe_load(capsys.readouterr().out)["written"]) == 7
     before = {p.name: p.read_text() for p in folder.glob("*.env")}
     assert k8s.ensure_credentials(folder) == []  # present: untouched
     (folder / "postgres.env").unlink()
     with pytest.raises(k8s.ManifestError, match=r"postgres.env missing beside .*credentials --rotate"):
         k8s.ensure_credentials(folder)
-    assert len(k8s.ensure_credentials(folder, rotate=True)) == 4
+    assert len(k8s.ensure_credentials(folder, rotate=True)) == 7
     after = {p.name: p.read_text() for p in folder.glob("*.env")}
     assert after.keys() == before.keys() and all(after[name] != before[name] for name in before)
     password = re.search(r"POSTGRES_PASSWORD=(\w+)", after["postgres.env"])[1]
     assert f"mlflow:{password}@" in after["mlflow-db.env"]
+
+
+def test_a_credential_added_later_is_written_beside_the_present_ones(tmp_path):
+    """A clone made before an example existed gets it on its next render; the files it has stay as they
+    are, since the new one shares no generated value with them."""
+    overlay = copy_k8s(tmp_path)
+    folder = overlay / k8s.CREDENTIALS_DIR
+    k8s.ensure_credentials(folder)
+    (folder / "mlflow-serving.env").unlink()
+    (folder / "mlflow-admin.env").unlink()
+    before = {p.name: p.read_text() for p in folder.glob("*.env")}
+    written = k8s.ensure_credentials(folder)
+    assert [p.name for p in written] == ["mlflow-admin.env", "mlflow-serving.env"]
+    assert {p.name: p.read_text() for p in folder.glob("*.env") if p.name in before} == before
+    assert stat.S_IMODE((folder / "mlflow-admin.env").stat().st_mode) == 0o600
+    # a new example that shares a value with a present file is not written on its own
+    (folder / "extra.env.example").write_text("URI=postgresql://mlflow:{random:postgres_password}@db/x\n")
+    with pytest.raises(k8s.ManifestError, match=r"extra.env missing beside mlflow-db.env, postgres.env"):
+        k8s.ensure_credentials(folder)
 
 
 # ------------------------------------------------------------------------------- (d) NetworkPolicies
@@ -467,13 +512,15 @@ def test_network_policies_admit_only_the_pods_that_need_each_service(rendered, o
     assert len(jobs_and_service) == 2 * len(k8s.PIPELINE_STAGES) + 2 + (5 if overlay == "gpu" else 0)
     assert len(service) == 2
 
-    # MLflow: from the pipeline's and the serving Ray pods only (not the interactive cluster, not the
-    # RayJob submitters, not the backing services), on its HTTP port
+    # MLflow: from the pipeline's and the serving Ray pods and the Job that creates its users only (not the
+    # interactive cluster, not the RayJob submitters, not the backing services), on its HTTP port
     mlflow = policies["mlflow"]["spec"]
     assert selected(mlflow["podSelector"], manifests) == {"Deployment/mlflow spec.template"}
     (rule,) = mlflow["ingress"]
     (peer,) = rule["from"]
-    assert peer.keys() == {"podSelector"} and selected(peer["podSelector"], manifests) == jobs_and_service
+    users_job = "Job/mlflow-users spec.template"
+    assert peer.keys() == {"podSelector"}
+    assert selected(peer["podSelector"], manifests) == jobs_and_service | {users_job}
     assert rule["ports"] == [
         {"protocol": "TCP", "port": container_port(manifests, "Deployment", "mlflow", "http")}
     ]

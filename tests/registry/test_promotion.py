@@ -10,6 +10,7 @@ import json
 import pytest
 from mlflow import MlflowClient
 
+from workembed.errors import RegistryError
 from workembed.eval.runner import EvalConfig, evaluate
 from workembed.models import resolve_model_path
 from workembed.models.extraction_settings import read_extraction_settings
@@ -133,3 +134,90 @@ def test_list_and_show(registered, mlflow_server):
     assert shown["tags"]["workembed.extraction_threshold"] == str(threshold)
     with pytest.raises(FileNotFoundError, match="has no version 9"):
         show_version(registered, "9")
+
+
+def test_concurrent_promotions_one_wins_the_other_aborts_naming_the_winner(make_config, tiny_bert):
+    """Two promotions of different versions to the same alias, both gated against the same holder: the one
+    that moves the alias first wins; the other re-reads the alias before moving it, aborts naming the winner
+    and records its void decision."""
+    import threading
+
+    from workembed.registry import ConcurrentPromotion
+    from workembed.registry import promote as gated_promote
+    from workembed.registry import tags as registry_tags
+
+    config = make_config(calibration={"datasets": []})
+    register_model(config, model_dir=tiny_bert)
+    register_model(config, model_dir=tiny_bert)
+    client = MlflowClient(config.tracking_uri)
+    for version in ("1", "2"):
+        client.set_model_version_tag(config.name, version, registry_tags.EXTRACTION_THRESHOLD, "0.5")
+
+    both_read_the_holder = threading.Barrier(2, timeout=120)
+    first_done = threading.Event()
+    first_to_finish_its_gate = threading.Lock()
+    calls: dict[str, int] = {}
+
+    def gate_scores(model, gate, cache_dir):
+        thread = threading.current_thread().name
+        calls[thread] = calls.get(thread, 0) + 1
+        if calls[thread] == 1:  # the holder's scores: both promotions have read the holder by now
+            both_read_the_holder.wait()
+        elif not first_to_finish_its_gate.acquire(blocking=False):
+            assert first_done.wait(timeout=120)  # the later gate ends after the first promotion moved
+        return {dataset: {"map": 1.0, "mrr": 1.0} for dataset in ("gate-jobs", "gate-skills")}
+
+    outcomes: dict[str, object] = {}
+
+    def run(version: str) -> None:
+        try:
+            outcomes[version] = gated_promote(config, version, "champion", gate_scores=gate_scores)
+        except Exception as err:  # noqa: BLE001 - the outcome is asserted below
+            outcomes[version] = err
+        finally:
+            first_done.set()
+
+    threads = [threading.Thread(target=run, args=(v,), name=f"promote-{v}") for v in ("1", "2")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    won = [v for v, outcome in outcomes.items() if isinstance(outcome, dict)]
+    lost = [v for v, outcome in outcomes.items() if isinstance(outcome, ConcurrentPromotion)]
+    assert len(won) == 1 and len(lost) == 1, outcomes
+    winner, loser = won[0], lost[0]
+    error = outcomes[loser]
+    assert f"moved to models:/{config.name}/{winner}" in str(error) and error.holder == winner
+    assert isinstance(error, RegistryError)
+
+    assert alias_holder(config, "champion") == winner
+    assert outcomes[winner]["history"] == [winner]
+    history = client.get_registered_model(config.name).tags["workembed.alias_history.champion"]
+    assert json.loads(history) == [winner]
+    assert decision(config, winner, "champion")["decision"] == "promoted"
+    voided = decision(config, loser, "champion")
+    assert voided["decision"] == "conflict" and voided["holder"] == "minilm"
+    assert voided["reasons"] == [f"the alias moved to models:/{config.name}/{winner} while the gate ran"]
+
+
+def test_the_decision_is_written_after_the_alias_moves(make_config, tiny_bert):
+    """A promotion whose alias was moved meanwhile by hand leaves no ``promoted`` tag behind."""
+    from workembed.registry import ConcurrentPromotion
+    from workembed.registry import promote as gated_promote
+
+    config = make_config(calibration={"datasets": []})
+    register_model(config, model_dir=tiny_bert)
+    register_model(config, model_dir=tiny_bert)
+    client = MlflowClient(config.tracking_uri)
+    client.set_model_version_tag(config.name, "1", "workembed.extraction_threshold", "0.5")
+
+    def gate_scores(model, gate, cache_dir):
+        if model == "minilm":  # while the gate runs, someone points the alias at version 2
+            client.set_registered_model_alias(config.name, "champion", "2")
+        return {"gate-jobs": {"map": 1.0, "mrr": 1.0}}
+
+    with pytest.raises(ConcurrentPromotion, match=f"moved to models:/{config.name}/2"):
+        gated_promote(config, "1", "champion", gate_scores=gate_scores)
+    assert alias_holder(config, "champion") == "2"
+    assert decision(config, "1", "champion")["decision"] == "conflict"
+    assert "workembed.alias_history.champion" not in client.get_registered_model(config.name).tags

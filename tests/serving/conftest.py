@@ -43,8 +43,19 @@ class Registry:
         source = f"{run.info.artifact_uri}/model"
         return client.create_model_version(name, source, run_id=run.info.run_id).version
 
-    def set_alias(self, name: str, alias: str, version: str) -> None:
+    def set_alias(self, name: str, alias: str, version: str, gated: bool = True) -> None:
+        """Point ``alias`` at ``version``; with ``gated``, first record a ``promoted`` gate decision for the
+        alias on the version (as a promotion does), else move the alias past the gate."""
+        if gated:
+            self.record_decision(name, version, alias, "promoted")
         self.client.set_registered_model_alias(name, alias, version)
+
+    def record_decision(self, name: str, version: str, alias: str, decision: str) -> None:
+        """Write the gate decision tag ``workembed.promotion.<alias>`` on ``version``."""
+        from workembed.registry import tags
+
+        record = {"decision": decision, "alias": alias, "reasons": [], "table": [], **tags.stamp()}
+        self.client.set_model_version_tag(name, version, tags.promotion_tag(alias), tags.dumps(record))
 
 
 @pytest.fixture(scope="session")

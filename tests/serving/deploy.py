@@ -1,4 +1,5 @@
-"""Deploying a Serve config document in-process, as ``serve run serve/config.yaml`` does."""
+"""Deploying a Serve config document in-process, as ``serve run serve/config.yaml`` does, and what tests
+read of the running deployments."""
 
 from __future__ import annotations
 
@@ -24,3 +25,22 @@ def deploy_serve_config(document: dict, app: str, timeout_s: float = 600) -> Non
     raise TimeoutError(
         f"application {app} not running after {timeout_s} s: {serve.status().applications.get(app)}"
     )
+
+
+def start_serve(document: dict, port: int) -> None:
+    """Start Serve with ``document``'s ``http_options`` (request timeout included) on 127.0.0.1:``port``."""
+    from ray import serve
+
+    serve.start(http_options={**document.get("http_options", {}), "host": "127.0.0.1", "port": port})
+
+
+def replica_names(app: str, deployment: str) -> set[str]:
+    """The actor names of the live replicas of ``deployment`` (a restarted replica gets a new name)."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return {
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["name"].startswith(prefix)
+    }

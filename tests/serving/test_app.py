@@ -15,7 +15,7 @@ import requests
 import yaml
 
 from tests.conftest import free_port
-from tests.serving.deploy import deploy_serve_config
+from tests.serving.deploy import deploy_serve_config, replica_names, start_serve
 from workembed.config import project_root
 
 APP = "workembed"
@@ -82,7 +82,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(ray_session, registry, tiny_bert, tmp_path_factory):
     """serve/config.yaml with test args: champion = MiniLM (v1, threshold 0.5), challenger = tiny BERT
-    (v2, threshold 0.5), v3 = tiny BERT without threshold; alias poll 0.5 s; API key set."""
+    (v2, threshold 0.5), v3 = tiny BERT without threshold (forced through the gate), v4 never gated; alias
+    poll 0.5 s; API key set."""
     from ray import serve
 
     from workembed.models import resolve_model_path
@@ -93,6 +94,8 @@ def served(ray_session, registry, tiny_bert, tmp_path_factory):
     assert registry.register(name, tiny_bert) == "3"
     registry.set_alias(name, "champion", "1")
     registry.set_alias(name, "challenger", "2")
+    registry.record_decision(name, "3", "canary", "forced")  # a multiplexed version must have passed the gate
+    assert registry.register(name, tiny_bert) == "4"  # never gated: not served
 
     state = tmp_path_factory.mktemp("serve-app")
     document = yaml.safe_load((project_root() / "serve" / "config.yaml").read_text(encoding="utf-8"))
@@ -113,7 +116,7 @@ def served(ray_session, registry, tiny_bert, tmp_path_factory):
         }
     }
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    start_serve(document, port)
     try:
         deploy_serve_config(document, APP)
         yield Served(f"http://127.0.0.1:{port}", name, document)
@@ -209,12 +212,14 @@ def test_a_bug_is_answered_500_with_a_request_id_and_a_user_error_4xx(tmp_path, 
     from workembed.errors import InputError, NotFoundError
     from workembed.serving.app import REQUEST_ID_HEADER, create_api
     from workembed.serving.config import ServeConfig
+    from workembed.serving.schemas import RequestError
 
-    monkeypatch.delenv("WORKEMBED_API_KEY", raising=False)
+    monkeypatch.setenv("WORKEMBED_API_KEY", API_KEY)
     config = ServeConfig(esco="builtin", cache_dir=str(tmp_path))
 
     def call(error: Exception):
         client = TestClient(create_api(FailingServer(error), None, config), raise_server_exceptions=False)
+        client.headers["X-API-Key"] = API_KEY
         if where == "/v1/models":
             return client.get(where)
         return client.post(where, json={"texts": ["Python"]})
@@ -229,13 +234,19 @@ def test_a_bug_is_answered_500_with_a_request_id_and_a_user_error_4xx(tmp_path, 
         logging.getLogger("ray.serve").removeHandler(capture)
     assert bug.status_code == 500
     request_id = bug.headers[REQUEST_ID_HEADER]
-    assert bug.json()["detail"] == f"internal error (ValueError), request id {request_id}"
+    assert bug.json() == {"detail": f"internal error, request id {request_id}", "request_id": request_id}
+    assert "broadcast" not in bug.text  # the cause is logged, not answered
     logged = [record for record in records if getattr(record, "request_id", None) == request_id]
     assert len(logged) == 1 and request_id in logged[0].getMessage() and logged[0].exc_info is not None
 
-    user_error = call(InputError("filter 'salary' is unknown"))
-    assert (user_error.status_code, user_error.json()) == (422, {"detail": "filter 'salary' is unknown"})
-    assert REQUEST_ID_HEADER not in user_error.headers
+    user_error = call(RequestError("filter 'salary' is unknown"))
+    assert user_error.status_code == 422
+    assert user_error.json() == {
+        "detail": "filter 'salary' is unknown",
+        "request_id": user_error.headers[REQUEST_ID_HEADER],
+    }
+    internal = call(InputError("a record of the space file is invalid"))  # not the request's fault
+    assert internal.status_code == 500 and "record" not in internal.text
     assert call(NotFoundError("model '9' not found")).status_code == 404
 
 
@@ -265,6 +276,7 @@ def test_healthz_and_docs_are_open_and_v1_routes_need_the_key(served):
         refused = served.post("/v1/embed", {"texts": ["Python"]}, key=key)
         assert refused.status_code == 401
         assert "X-API-Key" in refused.json()["detail"]
+        assert refused.json()["request_id"] == refused.headers["X-Request-ID"]  # one id, Serve's
         assert served.call("GET", "/v1/models", key=key).status_code == 401
     assert served.post("/v1/embed", {"texts": ["Python"]}).status_code == 200
 
@@ -350,10 +362,15 @@ def test_other_bad_requests_are_answered_with_a_message(served):
     assert not_json.status_code == 422 and not_json.json()["detail"][0]["type"] == "json_invalid"
     space = served.post("/v1/rank", {"texts": ["Python"], "space": "nope"})
     assert space.status_code == 404 and "unknown target space 'nope'" in space.json()["detail"]
-    for model in ("99", "no such model!"):
-        missing = served.post("/v1/embed", {"texts": ["Python"]}, model=model)
-        assert missing.status_code == 404, missing.text
-        assert model.split()[0] in missing.json()["detail"]
+    missing = served.post("/v1/embed", {"texts": ["Python"]}, model="99")
+    assert missing.status_code == 404, missing.text
+    assert "has no version 99" in missing.json()["detail"]
+    for model in ("no such model!", "runs:/x/../../etc", "models:/other/1"):
+        bad = served.post("/v1/embed", {"texts": ["Python"]}, model=model)
+        assert bad.status_code == 400, bad.text
+        assert model in bad.json()["detail"]
+    ungated = served.post("/v1/embed", {"texts": ["Python"]}, model="4")
+    assert ungated.status_code == 403 and "has not passed the promotion gate" in ungated.json()["detail"]
 
 
 def test_multiplexed_versions_are_selected_by_header(served):
@@ -377,6 +394,7 @@ def test_multiplexed_versions_are_selected_by_header(served):
         served.version(3): served.version(3),
     }
     assert described["spaces"] == ["esco-skills", "esco-occupations"]
+    assert not {"replica", "pid"} & set(described)  # nothing of the replica's process reaches a client
 
 
 def test_profiles_are_upserted_and_matched_with_filters(served, minilm):
@@ -422,7 +440,7 @@ def test_profiles_are_upserted_and_matched_with_filters(served, minilm):
 
 
 def test_bad_requests_leave_the_replicas_running(served):
-    before, states = served.models(), replica_states()
+    before, states = replica_names(APP, "Models"), replica_states()
     assert states == {name: {"RUNNING": 1} for name in ("Models", "Matcher")}  # Models is the ingress
     bad = [
         served.call("POST", "/v1/rank", data="[[[", headers=JSON),
@@ -433,14 +451,13 @@ def test_bad_requests_leave_the_replicas_running(served):
         served.post("/v1/match", {"document": "Python", "filters": {"payload.": 1}}),
     ]
     assert [response.status_code for response in bad] == [422, 422, 404, 404, 409, 422]
-    after = served.models()
-    assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])
+    assert replica_names(APP, "Models") == before
     assert replica_states() == states
     assert served.post("/v1/embed", {"texts": ["Python"]}).status_code == 200
 
 
 def test_a_changed_user_config_applies_without_a_restart(served):
-    before = served.models()
+    before, replicas = served.models(), replica_names(APP, "Models")
     assert before["default"]["alias_poll_s"] == 0.5
     three = {"texts": ["Python", "Java", "SQL"]}
     assert served.post("/v1/embed", three).status_code == 200
@@ -469,13 +486,13 @@ def test_a_changed_user_config_applies_without_a_restart(served):
     assert refused.status_code == 422
     assert [problem["loc"] for problem in refused.json()["detail"]] == [["body", "texts"]]
     assert served.post("/v1/embed", {"texts": ["Python", "Java"]}).status_code == 200
-    assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])  # reconfigured in place
+    assert replica_names(APP, "Models") == replicas  # reconfigured in place
     assert after["default"]["loaded_at"] == before["default"]["loaded_at"]  # nothing it depends on changed
     served.document = document
 
 
 def test_alias_move_under_load_has_no_failed_request(served, registry):
-    before = served.models()
+    replicas = replica_names(APP, "Models")
     answers: list[tuple[int, str]] = []
     stop = threading.Event()
 
@@ -508,4 +525,4 @@ def test_alias_move_under_load_has_no_failed_request(served, registry):
     assert served.version(1) in models[moved_at:]  # the old version answered while the new one loaded
     after = served.models()
     assert after["default"]["version"] == served.version(2)
-    assert (after["replica"], after["pid"]) == (before["replica"], before["pid"])
+    assert replica_names(APP, "Models") == replicas

@@ -1,11 +1,22 @@
-"""ModelHolder: alias resolution, swaps after loading, failed loads, reconfiguration; multiplexed ids."""
+"""ModelHolder: alias resolution, swaps after loading, failed loads, reconfiguration, the promotion gate;
+multiplexed ids."""
 
 import asyncio
+import logging
+import re
 
 import pytest
 
+from workembed.errors import InputError
 from workembed.serving.config import ServeConfig
-from workembed.serving.versions import ModelHolder, ModelLoadError, UnknownModelError, multiplexed_uri
+from workembed.serving.versions import (
+    ModelHolder,
+    ModelIdError,
+    ModelLoadError,
+    UngatedVersionError,
+    UnknownModelError,
+    multiplexed_uri,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +45,43 @@ def champion(registry, versions, tmp_path_factory, monkeypatch):
     return lambda **changes: ServeConfig.model_validate({**base, **changes})
 
 
-def test_multiplexed_ids_select_versions_of_the_default_model():
+def test_multiplexed_ids_select_versions_and_aliases_of_the_default_model():
     default = "models:/workembed@champion"
     assert multiplexed_uri("", default) == default
     assert multiplexed_uri("2", default) == "models:/workembed/2"
     assert multiplexed_uri(" 12 ", "models:/workembed/1") == "models:/workembed/12"
+    assert multiplexed_uri("007", default) == "models:/workembed/7"  # one spelling per version
     assert multiplexed_uri("challenger", default) == "models:/workembed@challenger"
-    assert multiplexed_uri("models:/other/7", default) == "models:/other/7"
-    assert multiplexed_uri("runs:/abc/model", default) == "runs:/abc/model"
-    with pytest.raises(UnknownModelError, match="needs a registered default model"):
+    assert multiplexed_uri("models:/workembed/7", default) == "models:/workembed/7"
+    assert multiplexed_uri("models:/workembed@challenger", default) == "models:/workembed@challenger"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "message"),
+    [
+        ("models:/other/7", "versions and aliases of 'workembed' only, not of 'other'"),
+        ("models:/other@champion", "versions and aliases of 'workembed' only"),
+        ("runs:/abc/model", "runs:/ URIs are not served"),
+        ("runs:/x/../../etc", "runs:/ URIs are not served"),
+        ("../secrets", "neither a version number"),
+        ("models:/workembed/../../etc", "neither a version number"),
+        ("models:/workembed/2/extra", "neither a version number"),
+        ("/etc/passwd", "neither a version number"),
+        ("no such model!", "neither a version number"),
+        ("2\u00b2", "neither a version number"),  # a digit to str.isdigit, no version number
+        ("x" * 400, "at most 300"),
+    ],
+)
+def test_multiplexed_ids_outside_the_registered_model_are_bad_requests(model_id, message):
+    with pytest.raises(ModelIdError, match=re.escape(message)) as raised:
+        multiplexed_uri(model_id, "models:/workembed@champion")
+    assert isinstance(raised.value, InputError)
+
+
+def test_multiplexed_ids_need_a_registered_default_model():
+    with pytest.raises(ModelIdError, match="'minilm' is not a registered model"):
         multiplexed_uri("2", "minilm")
-    with pytest.raises(UnknownModelError, match="neither a models:/ or runs:/ URI"):
-        multiplexed_uri("../secrets", default)
+    assert multiplexed_uri("", "minilm") == "minilm"
 
 
 def test_alias_move_swaps_in_the_new_version_and_calls_in_flight_keep_theirs(registry, versions, champion):
@@ -153,3 +189,90 @@ def test_an_unknown_alias_is_an_unknown_model(versions, champion):
     assert holder.status()["version"] is None
     with pytest.raises(ModelLoadError, match="is not loaded"):
         holder.model  # noqa: B018
+
+
+@pytest.fixture
+def errors_logged():
+    """The ERROR records of Serve's logger (which need not propagate to caplog's handler)."""
+    records: list[logging.LogRecord] = []
+    capture = logging.Handler(logging.ERROR)
+    capture.emit = records.append
+    logging.getLogger("ray.serve").addHandler(capture)
+    yield records
+    logging.getLogger("ray.serve").removeHandler(capture)
+
+
+def test_an_alias_moved_past_the_gate_is_not_served(registry, versions, champion, errors_logged):
+    uri = f"models:/{versions}@canary"
+    registry.set_alias(versions, "canary", "1")  # through the gate: a promoted decision
+
+    async def scenario():
+        holder = ModelHolder(uri, champion())
+        await holder.start()
+        registry.set_alias(versions, "canary", "2", gated=False)  # by hand, past the gate
+        by_hand = await holder.refresh()
+        ungated = holder.status()
+        registry.record_decision(versions, "2", "canary", "refused")
+        refused = await holder.refresh()
+        registry.record_decision(versions, "2", "canary", "promoted")
+        promoted = await holder.refresh()
+        holder.close()
+        return holder, by_hand, ungated, refused, promoted
+
+    holder, by_hand, ungated, refused, promoted = asyncio.run(scenario())
+    assert (by_hand, refused, promoted) == (False, False, True)
+    assert ungated["version"] == f"models:/{versions}/1"
+    assert ungated["error"]["version"] == f"models:/{versions}/2"
+    messages = [record.getMessage() for record in errors_logged]
+    assert (
+        f"model {uri}: alias 'canary' moved to version 2 without a passed gate "
+        f"(workembed.promotion.canary: no decision); still serving models:/{versions}/1"
+    ) in messages
+    assert any("(workembed.promotion.canary: refused); still serving" in message for message in messages)
+    assert holder.model.version == f"models:/{versions}/2" and holder.status()["error"] is None
+
+
+def test_a_first_start_on_an_ungated_alias_fails(registry, versions, champion):
+    registry.set_alias(versions, "nightly", "2", gated=False)
+    holder = ModelHolder(f"models:/{versions}@nightly", champion())
+    with pytest.raises(
+        UngatedVersionError, match="moved to version 2 without a passed gate.*no version to serve"
+    ):
+        asyncio.run(holder.start())
+    assert holder.status()["version"] is None
+
+
+@pytest.fixture(scope="module")
+def gated(registry, tiny_bert):
+    """A registered model: 1 promoted to champion, 2 refused for it, 3 forced to canary, 4 no decision."""
+    name = registry.new_name("gated")
+    for version in ("1", "2", "3", "4"):
+        assert registry.register(name, tiny_bert) == version
+    registry.set_alias(name, "champion", "1")
+    registry.record_decision(name, "2", "champion", "refused")
+    registry.record_decision(name, "3", "canary", "forced")
+    registry.set_alias(name, "canary", "4", gated=False)
+    return name
+
+
+def test_multiplexed_versions_are_served_only_after_the_gate(gated, champion):
+    config = champion(model=f"models:/{gated}@champion")
+
+    async def start(uri: str, gated_versions: bool = True) -> str:
+        holder = ModelHolder(uri, config, gated_versions=gated_versions)
+        try:
+            return (await holder.start()).version
+        finally:
+            holder.close()
+
+    assert asyncio.run(start(f"models:/{gated}/1")) == f"models:/{gated}/1"  # promoted
+    assert asyncio.run(start(f"models:/{gated}/3")) == f"models:/{gated}/3"  # forced
+    for refused in ("2", "4"):  # refused, no decision
+        with pytest.raises(UngatedVersionError, match=f"version {refused} of '{gated}' has not passed"):
+            asyncio.run(start(f"models:/{gated}/{refused}"))
+    with pytest.raises(UnknownModelError, match=f"'{gated}' has no version 99"):
+        asyncio.run(start(f"models:/{gated}/99"))
+    with pytest.raises(UngatedVersionError, match="alias 'canary' moved to version 4 without a passed gate"):
+        asyncio.run(start(f"models:/{gated}@canary"))  # an alias names a version that never passed for it
+    # the configured default model is the operator's choice: a pinned version is served as it is
+    assert asyncio.run(start(f"models:/{gated}/4", gated_versions=False)) == f"models:/{gated}/4"

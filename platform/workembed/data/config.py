@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from workembed.config import Config
 from workembed.data.matching import MatchingConfig
@@ -45,12 +45,20 @@ class SourceConfig(Config):
 
 
 class StorageConfig(Config):
-    """S3 settings; unset fields fall back to the standard AWS environment variables."""
+    """S3 settings; unset fields fall back to the standard AWS environment variables.
+
+    The keys are secrets: shown as ``**********`` and null in every dump that leaves the process
+    (:func:`workembed.config.public_dump`); only :mod:`workembed.data.storage` reads them in clear.
+    """
 
     endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 (else $AWS_ENDPOINT_URL).")
     region: str | None = Field(None, description="Else $AWS_DEFAULT_REGION.")
-    access_key_id: str | None = Field(None, description="Else $AWS_ACCESS_KEY_ID.")
-    secret_access_key: str | None = Field(None, description="Else $AWS_SECRET_ACCESS_KEY.")
+    access_key_id: SecretStr | None = Field(
+        None, description="Else $AWS_ACCESS_KEY_ID. A secret: written out as null (files, MLflow)."
+    )
+    secret_access_key: SecretStr | None = Field(
+        None, description="Else $AWS_SECRET_ACCESS_KEY. A secret: written out as null (files, MLflow)."
+    )
 
 
 class ValidationConfig(Config):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+from pydantic import SecretStr
 
 from workembed.config import is_uri
 from workembed.errors import NotFoundError
@@ -25,13 +26,21 @@ def filesystem_for(location: str, storage: StorageConfig | None = None) -> pafs.
     endpoint = getattr(storage, "endpoint_url", None) or os.environ.get("AWS_ENDPOINT_URL")
     kwargs = {
         "region": getattr(storage, "region", None) or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        "access_key": getattr(storage, "access_key_id", None) or os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": getattr(storage, "secret_access_key", None) or os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "access_key": _credential(storage, "access_key_id") or os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": _credential(storage, "secret_access_key") or os.environ.get("AWS_SECRET_ACCESS_KEY"),
     }
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs |= {"endpoint_override": parsed.netloc or parsed.path, "scheme": parsed.scheme or "https"}
     return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _credential(storage: StorageConfig | None, name: str) -> str | None:
+    """A key of ``storage`` in clear (None when unset): the one place a configured secret is read."""
+    value = getattr(storage, name, None)
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    return value or None
 
 
 def strip_scheme(location: str) -> str:

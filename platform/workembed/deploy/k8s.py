@@ -341,28 +341,34 @@ def ensure_credentials(folder: Path, rotate: bool = False) -> list[Path]:
     """Write ``NAME.env`` beside each committed ``NAME.env.example`` of ``folder`` (none: nothing to do).
 
     An example holds ``KEY=VALUE`` lines; ``{random:NAME}`` in a value becomes a random 48-digit hex token,
-    the same one wherever ``NAME`` recurs in the set (a password and the URI that embeds it). The files are
-    written together or not at all: when every one exists nothing changes (unless ``rotate``), when only
-    some do it is an error, since their shared values could no longer agree. Files are written mode 0600.
+    the same one wherever ``NAME`` recurs in the set (a password and the URI that embeds it). Files that
+    share such a value form a group, written together or not at all: a group whose files all exist is left
+    as it is (unless ``rotate``, which writes every file anew), a group none of whose files exist is written
+    (a credential added to the examples after a clone generated the others), and a group with only some of
+    its files is an error, since their shared values could no longer agree. Files are written mode 0600.
     Returns the files written.
     """
     examples = sorted(folder.glob("*.env.example")) if folder.is_dir() else []
-    targets = [example.with_name(example.name.removesuffix(".example")) for example in examples]
-    present = [target for target in targets if target.exists()]
-    if not rotate and len(present) == len(targets):
-        return []
-    if present and not rotate:
-        missing = sorted(t.name for t in targets if t not in present)
-        raise ManifestError(
-            f"{folder}: {', '.join(missing)} missing beside {', '.join(sorted(p.name for p in present))}: "
-            "the files share generated values (a password and the URI holding it); write a new set with "
-            "`python -m workembed.deploy.k8s credentials --rotate` (docs/kubernetes.md, Security)"
-        )
+    targets = {example: example.with_name(example.name.removesuffix(".example")) for example in examples}
+    texts = {example: example.read_text("utf-8") for example in examples}
+    write = []
+    for group in _credential_groups(texts):
+        present = [targets[e] for e in group if targets[e].exists()]
+        if rotate or not present:
+            write += group
+        elif len(present) < len(group):
+            missing = sorted(targets[e].name for e in group if not targets[e].exists())
+            beside = sorted(p.name for p in present)
+            raise ManifestError(
+                f"{folder}: {', '.join(missing)} missing beside {', '.join(beside)}: "
+                "the files share generated values (a password and the URI holding it); write a new set with "
+                "`python -m workembed.deploy.k8s credentials --rotate` (docs/kubernetes.md, Security)"
+            )
     values: dict[str, str] = {}
-    for example, target in zip(examples, targets, strict=True):
-        text = _RANDOM.sub(
-            lambda m: values.setdefault(m[1], secrets.token_hex(24)), example.read_text("utf-8")
-        )
+    written = []
+    for example in sorted(write):
+        target = targets[example]
+        text = _RANDOM.sub(lambda m: values.setdefault(m[1], secrets.token_hex(24)), texts[example])
         for number, line in enumerate(text.splitlines(), start=1):
             if line.strip() and not line.lstrip().startswith("#") and "=" not in line:
                 raise ManifestError(f"{example}:{number}: expected KEY=VALUE, got {line!r}")
@@ -371,7 +377,21 @@ def ensure_credentials(folder: Path, rotate: bool = False) -> list[Path]:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(partial, target)
-    return targets
+        written.append(target)
+    return written
+
+
+def _credential_groups(texts: Mapping[Path, str]) -> list[list[Path]]:
+    """The examples, grouped by the ``{random:NAME}`` values they share (directly or through others)."""
+    groups: list[tuple[set[str], list[Path]]] = []
+    for example, text in texts.items():
+        names, members = set(_RANDOM.findall(text)), [example]
+        for group in [g for g in groups if g[0] & names]:
+            groups.remove(group)
+            names |= group[0]
+            members += group[1]
+        groups.append((names, sorted(members)))
+    return [members for _, members in groups]
 
 
 # -------------------------------------------------------------------------------------------- release

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workembed.config import public_dump
 from workembed.errors import ConfigError
 from workembed.eval.metrics import METRICS
 from workembed.eval.plots import PLOT_METRICS, metric_bars
@@ -98,7 +99,7 @@ def publish_report(
             config.tracking_uri,
             config.experiment,
             str(report.get("model") or "baselines"),
-            config.model_dump(mode="json", exclude={"tracking_uri"}),
+            public_dump(config, exclude={"tracking_uri"}),
             result["results"],
             report_paths(files),
             lambda folder: report_paths(write(report, folder / scratch_name)),

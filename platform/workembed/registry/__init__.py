@@ -5,12 +5,13 @@ logged), so importing this package does no I/O and stays light.
 """
 
 from workembed.registry.config import CalibrationConfig, GateConfig, RegistryConfig
-from workembed.registry.promotion import PromotionRefused, promote, rollback
+from workembed.registry.promotion import ConcurrentPromotion, PromotionRefused, promote, rollback
 from workembed.registry.register import register_model
 from workembed.registry.versions import list_versions, show_version
 
 __all__ = [
     "CalibrationConfig",
+    "ConcurrentPromotion",
     "GateConfig",
     "PromotionRefused",
     "RegistryConfig",

@@ -3,7 +3,9 @@ and runs.
 
 Both take the registry settings (:class:`RegistryConfig`) plus what the command-line flags of
 ``workembed models register|promote`` give, so a pipeline can register the model its training stage wrote
-and promote the version it registered (``version: latest``). The evaluation they run (the extraction
+and promote the version it registered (``version={register.version}`` in the pipeline config: the runner
+passes the register stage's result on). The promote stage always names its version, never "the latest"
+(which may be a version another run registered meanwhile). The evaluation they run (the extraction
 calibration, the gate's scores) is passed in; the stage table runs them through
 :mod:`workembed.registry_commands`, which passes :mod:`workembed.eval`'s.
 """
@@ -12,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from workembed.errors import RegistryError
+from workembed.errors import ConfigError, RegistryError
 from workembed.registry.config import RegistryConfig
 from workembed.registry.gate import GateScores
 from workembed.registry.register import Calibrate
@@ -45,9 +47,24 @@ class RegisterStageConfig(RegistryConfig):
 class PromoteStageConfig(RegistryConfig):
     """Settings of the ``promote`` stage."""
 
-    version: str = Field("latest", description="Candidate version; 'latest': the highest version number.")
+    version: int | None = Field(
+        None,
+        ge=1,
+        description="Candidate version number (required). In a pipeline, version={register.version} passes "
+        "the version the register stage produced.",
+    )
     alias: str = Field("champion", min_length=1, description="Alias the gate may move.")
     force: bool = Field(False, description="Move the alias even if the gate fails (recorded as forced).")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(
+                f"'{value}' is not a version number: name the version to promote (e.g. version=3); "
+                "'latest' is not accepted, it may be a version another run registered"
+            )
+        return value
 
 
 def run_register(config: RegisterStageConfig, *, calibrate: Calibrate) -> dict[str, Any]:
@@ -78,17 +95,13 @@ def run_register(config: RegisterStageConfig, *, calibrate: Calibrate) -> dict[s
 
 
 def run_promote(config: PromoteStageConfig, *, gate_scores: GateScores) -> dict[str, Any]:
-    """Promote the configured (or latest) version through the gate scored by ``gate_scores`` (see
-    :func:`~workembed.registry.promotion.promote`)."""
-    from mlflow import MlflowClient
-
+    """Promote the configured version through the gate scored by ``gate_scores`` (see
+    :func:`~workembed.registry.promotion.promote`); :class:`ConfigError` when no version is given."""
     from workembed.registry.promotion import promote
 
-    version = config.version
-    if version == "latest":
-        client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.tracking_uri)
-        versions = [int(v.version) for v in client.search_model_versions(f"name = '{config.name}'")]
-        if not versions:
-            raise RegistryError(f"registered model '{config.name}' has no versions to promote")
-        version = str(max(versions))
-    return promote(config, version, config.alias, gate_scores=gate_scores, force=config.force)
+    if config.version is None:
+        raise ConfigError(
+            "promote: no version given: set the version to promote (--set version=N); in a pipeline, "
+            "version={register.version} passes the version its register stage produced"
+        )
+    return promote(config, config.version, config.alias, gate_scores=gate_scores, force=config.force)

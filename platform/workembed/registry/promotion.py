@@ -6,10 +6,19 @@ in (the command layer passes :func:`workembed.eval.gate.gate_scores`). A candida
 threshold is refused before any evaluation (serving's ``/v1/extract`` needs one). The decision is
 ``promoted`` (gate passed), ``refused`` (alias untouched; :class:`PromotionRefused` is raised) or
 ``forced`` (``force`` overrode a failed gate); it is written to the candidate as the tag
-``workembed.promotion.<alias>`` and every alias move is appended to the registered model's
-``workembed.alias_history.<alias>``. ``rollback`` moves the alias to the holder before the current one
-(dropping the current one from the history), or to a given version (cutting the history back to that
-version's last turn, or appending it), and tags that version ``workembed.rollback.<alias>``.
+``workembed.promotion.<alias>`` once the alias has moved (or, when refused, instead of moving it) and every
+alias move is appended to the registered model's ``workembed.alias_history.<alias>``.
+
+Promotion is compare-and-set: the gate runs for minutes, so right before moving the alias ``promote`` reads it
+again and aborts with :class:`ConcurrentPromotion` (decision ``conflict``, recorded on the candidate) when it
+no longer names the holder the gate compared against; after the move it reads the alias once more and aborts
+the same way when another promotion moved it in between. MLflow has no atomic compare-and-set, so a window
+remains: two promotions that both re-read the alias before either moves it, and both move it before either
+verifies, both succeed; the later move holds the alias and its history tag may lack the earlier version.
+
+``rollback`` moves the alias to the holder before the current one (dropping the current one from the
+history), or to a given version (cutting the history back to that version's last turn, or appending it), and
+tags that version ``workembed.rollback.<alias>``.
 """
 
 from __future__ import annotations
@@ -43,6 +52,19 @@ class PromotionRefused(RegistryError, RuntimeError):
         super().__init__(message + ("\n" + result["markdown"] if result["table"] else ""))
 
 
+class ConcurrentPromotion(RegistryError):
+    """The alias moved while the gate ran: the decision is void; ``holder`` is the version holding it now."""
+
+    def __init__(self, result: dict[str, Any], holder: str | None):
+        self.result = result
+        self.holder = holder
+        super().__init__(
+            f"promotion of {result['name']} version {result['version']} to '{result['alias']}' aborted: the "
+            f"alias moved to {_label(result['name'], holder)} while the gate compared against "
+            f"{result['holder']}; promote again to gate against the new holder"
+        )
+
+
 def promote(
     config: RegistryConfig,
     version: str | int,
@@ -54,7 +76,7 @@ def promote(
     """Gate version ``version`` of ``config.name`` against the holder of ``alias`` (both scored by
     ``gate_scores``) and move the alias when it passes or ``force`` is set; returns the decision (name,
     version, alias, decision, holder, force, tolerance, reasons, table, markdown, by, at). Raises
-    :class:`PromotionRefused` when refused."""
+    :class:`PromotionRefused` when refused and :class:`ConcurrentPromotion` when the alias moved meanwhile."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=config.tracking_uri)
@@ -88,19 +110,42 @@ def promote(
         "table": rows,
         **tags.stamp(),
     }
-    client.set_model_version_tag(
-        config.name, candidate.version, tags.promotion_tag(alias), tags.dumps(record)
-    )
     result = {"name": config.name, "version": candidate.version, **record, "markdown": markdown(rows)}
     if decision == "refused":
+        _record(client, config.name, candidate.version, alias, record)
         raise PromotionRefused(result)
+    model = registered_model(client, config.name)  # compare ...
+    current = model.aliases.get(alias)
+    if current != holder:
+        raise _conflict(client, result, record, current)
     history = alias_history(model, alias)
     if holder is not None and (not history or history[-1] != holder):
         history.append(holder)  # the alias was set outside the registry commands
     history.append(candidate.version)
-    move_alias(client, config.name, alias, candidate.version, history)
+    client.set_registered_model_alias(config.name, alias, candidate.version)  # ... and set
+    current = registered_model(client, config.name).aliases.get(alias)
+    if current != candidate.version:  # another promotion moved it between our read and our move
+        raise _conflict(client, result, record, current)
+    client.set_registered_model_tag(config.name, tags.alias_history_tag(alias), tags.dumps(history))
+    _record(client, config.name, candidate.version, alias, record)
     logger.info("%s: '%s' → %s version %s", decision, alias, config.name, candidate.version)
     return {**result, "history": history}
+
+
+def _record(client: Any, name: str, version: str, alias: str, record: dict[str, Any]) -> None:
+    """Write the decision ``record`` as the version's ``workembed.promotion.<alias>`` tag."""
+    client.set_model_version_tag(name, version, tags.promotion_tag(alias), tags.dumps(record))
+
+
+def _conflict(
+    client: Any, result: dict[str, Any], record: dict[str, Any], current: str | None
+) -> ConcurrentPromotion:
+    """Record the void decision (``conflict``, naming the new holder); the error to raise."""
+    reason = f"the alias moved to {_label(result['name'], current)} while the gate ran"
+    voided = {**record, "decision": "conflict", "reasons": [*record["reasons"], reason]}
+    _record(client, result["name"], result["version"], result["alias"], voided)
+    logger.warning("%s version %s: %s", result["name"], result["version"], reason)
+    return ConcurrentPromotion(result | voided, current)
 
 
 def rollback(config: RegistryConfig, alias: str, *, to: str | int | None = None) -> dict[str, Any]:

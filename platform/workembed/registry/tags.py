@@ -10,7 +10,8 @@ On a model version:
 - ``workembed.extraction_threshold``: the calibrated extraction threshold (absent: none);
 - ``workembed.eval_report``: ``runs:/RUN_ID/report/FILE``, the evaluation report given at registration;
 - ``workembed.promotion.<alias>``: the last gate decision for that alias (JSON: decision, by, at, holder,
-  tolerance, table);
+  tolerance, reasons, table); decision ``promoted``, ``forced``, ``refused`` or ``conflict`` (the alias moved
+  to another version while the gate ran; the alias was left to it);
 - ``workembed.rollback.<alias>``: set on the version an alias was rolled back to (JSON: from, to, by, at).
 
 On the registered model: ``workembed.alias_history.<alias>``, the JSON list of the versions that held the

@@ -18,40 +18,56 @@ deployments from a :class:`~workembed.serving.config.ServeConfig` (the applicati
   process, so with ``profiles.qdrant_path`` it runs one replica.
 
 Both receive the config as ``user_config`` and apply a changed one in ``reconfigure`` without a restart
-(``Models`` also rebuilds its HTTP API from it: request limits, API key).
+(``Models`` also rebuilds its HTTP API from it: request limits, API keys). A full queue (a deployment's
+``max_queued_requests``) is answered 503 with ``Retry-After``.
 
-Routes (``/v1`` ones need the ``X-API-Key`` header when an API key is configured, see
-:mod:`~workembed.serving.auth`): ``POST /v1/embed``, ``/v1/rank``, ``/v1/normalize/title``,
-``/v1/extract``, ``/v1/match``, ``/v1/profiles``; ``GET /v1/models``, ``/healthz``. Every answer from a
-model names the version that gave it (``model``). Errors: 422 an invalid request (the field is named), 401 a
-missing or wrong API key, 404 an unknown target space or model version, 409 extraction with a model that
-has no calibrated threshold, 503 a model version that cannot be loaded; anything else is a bug: 500 with a
-request id (in the answer, its ``X-Request-ID`` header and the replica's log line with the traceback). An
-error never stops a replica.
+Routes (``/v1`` ones need a valid ``X-API-Key`` header unless ``auth: disabled``; without a key the
+application does not start, see :mod:`~workembed.serving.auth`): ``POST /v1/embed``, ``/v1/rank``,
+``/v1/normalize/title``, ``/v1/extract``, ``/v1/match``, ``/v1/profiles``; ``GET /v1/models``, ``/healthz``.
+Every answer from a model names the version that gave it (``model``).
+
+Request limits: :class:`RequestGuard` answers 413 for a body over ``limits.max_body_bytes`` (by
+``Content-Length`` or counted while it streams in) before it is parsed or the key checked; the request
+models apply the other limits (422 naming the field), ``/v1/embed`` with ``tokens=true`` is refused over
+``limits.max_token_vectors``. Errors: 422 an invalid request (FastAPI's validation, or a
+:class:`~workembed.serving.schemas.RequestError`), 401 a missing or wrong API key, 400 a model id (header
+``serve_multiplexed_model_id``) that names no version or alias of the default model's registered model,
+403 a version that has not passed the promotion gate, 404 an unknown target space or model version, 409
+extraction with a model that has no calibrated threshold, 413 a body too large,
+503 a model version that cannot be loaded or a busy deployment; anything else (any other exception, a
+``ValueError`` or ``ValidationError`` included) is a bug: 500. Every error answer is ``{"detail",
+"request_id"}`` with the same id in its ``X-Request-ID`` header; messages are short, and what they would
+reveal of the deployment (tracking server, hosts, paths, actor ids, tracebacks) goes to the replica's log
+under that id. An error never stops a replica.
 """
 
 import asyncio
 import logging
 import os
+import re
 import uuid
 from collections.abc import Awaitable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve import Application
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
-from starlette.types import Receive, Scope, Send
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from workembed.errors import ClusterError, NotFoundError, WorkembedError
+from workembed.errors import ClusterError, NotFoundError
 from workembed.retrieval.scoring import l2_normalize
-from workembed.serving.auth import read_api_key, require_api_key
+from workembed.serving.auth import load_api_keys, require_api_key
 from workembed.serving.config import ServeConfig
 from workembed.serving.profiles import ProfileIndex
 from workembed.serving.runtime import NoThresholdError, ServedModel, UnknownSpaceError
@@ -62,11 +78,14 @@ from workembed.serving.schemas import (
     NormalizeTitlesResponse,
     ProfilesResponse,
     RankResponse,
+    RequestError,
     request_models,
 )
 from workembed.serving.versions import (
     ModelHolder,
+    ModelIdError,
     ModelLoadError,
+    UngatedVersionError,
     UnknownModelError,
     multiplexed_uri,
 )
@@ -77,6 +96,11 @@ MODEL_HEADER = "serve_multiplexed_model_id"
 REQUEST_ID_HEADER = "X-Request-ID"
 """Serve's multiplexing header: which model version answers a request."""
 OCCUPATIONS = "esco-occupations"
+REGISTRY_CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+"""MLflow client settings of a ``Models`` replica unless its environment sets them: a lookup of a dead
+server fails in seconds (the served version stays; the next alias poll tries again) instead of retrying for
+minutes (MLflow's defaults), so a replica that starts during an outage falls back to its cached version
+quickly."""
 T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------ batching
@@ -163,6 +187,8 @@ class ModelServer:
     versions and batched encoder calls (see the module docstring)."""
 
     def __init__(self, matcher: DeploymentHandle) -> None:
+        for name, value in REGISTRY_CLIENT_ENV.items():  # a dead MLflow fails a lookup in seconds
+            os.environ.setdefault(name, value)
         self.matcher = matcher
         self.config: ServeConfig | None = None
         self.default: ModelHolder | None = None
@@ -178,6 +204,7 @@ class ModelServer:
         and reloaded when a field it depends on changes (on a failure a running replica keeps its model and
         reports the error); ``max_models_per_replica`` applies to replicas started after a change."""
         config = ServeConfig.model_validate(user_config)
+        api = create_api(self, self.matcher, config)  # first: no API key, no start (ConfigError)
         self._encode.set_max_batch_size(config.batching.max_batch_size)
         self._encode.set_batch_wait_timeout_s(config.batching.batch_wait_timeout_s)
         if self.default is None or self.default.uri != config.model:
@@ -207,11 +234,12 @@ class ModelServer:
                 config.max_models_per_replica,
             )
         self.config = config
-        self.http.api = create_api(self, self.matcher, config)
+        self.http.api = api
 
     def _version_loader(self):
         async def load_version(model_id: str) -> ModelHolder:
-            holder = ModelHolder(multiplexed_uri(model_id, self.default.uri), self.config)
+            uri = multiplexed_uri(model_id, self.default.uri)
+            holder = ModelHolder(uri, self.config, gated_versions=True)  # only versions that passed the gate
             await holder.start()
             self.versions[model_id] = holder
             return holder
@@ -264,13 +292,38 @@ class ModelServer:
             "spaces": self.default.model.spaces(),
         }
 
+    def health(self) -> dict[str, Any]:
+        """``/healthz``: ``ok``, or ``degraded`` while the default model is served from the download cache
+        because the model registry did not answer (until a poll reaches it). Either way the replica serves."""
+        degraded = self.default.degraded if self.default is not None else None
+        if degraded is None:
+            return {"status": "ok"}
+        return {
+            "status": "degraded",
+            "reason": "the model registry is unavailable: serving the version the alias named last",
+            "since": degraded["since"],
+        }
 
-Models = serve.deployment(name="Models", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)(
-    serve.ingress()(ModelServer)
+
+BACKPRESSURE = {"status_code": 503, "retry_after_s": 1}
+"""A request that finds a deployment's queue full (``max_queued_requests``) is answered 503 with
+``Retry-After: 1``."""
+
+Models = serve.deployment(
+    name="Models",
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    backpressure_config=BACKPRESSURE,
+)(serve.ingress()(ModelServer))
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5},
+    max_ongoing_requests=32,
+    max_queued_requests=256,
+    backpressure_config=BACKPRESSURE,
 )
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32)
 class Matcher:
     """The profile index of every model version (Qdrant), one operation at a time."""
 
@@ -323,31 +376,82 @@ class Matcher:
 
 # ------------------------------------------------------------------------------------ HTTP API
 
+RETRY_AFTER_S = 1
+"""``Retry-After`` (seconds) of a 503 answer: a full queue or a version that is not loaded yet."""
+_REQUEST_ID: ContextVar[str | None] = ContextVar("workembed_request_id", default=None)
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_PATH = re.compile(r"(?<![\w:/.])/[^\s'\",;)]+")
+MAX_MESSAGE_CHARS = 300
+
+
+def current_request_id() -> str:
+    """The id of the request being answered: Serve's (the id of the proxy's ``X-Request-ID`` header and its
+    access log), else the one :class:`RequestGuard` gave it; a new one outside a request."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or _REQUEST_ID.get() or uuid.uuid4().hex
+
+
+def client_message(err: BaseException) -> str:
+    """``err``'s message as a client may read it: its first line, without URLs (a tracking server, a
+    bucket), IP addresses or absolute file paths, at most ``MAX_MESSAGE_CHARS`` characters. ``models:/``
+    and ``runs:/`` URIs stay: they name versions."""
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = _PATH.sub("<path>", _IP.sub("<address>", _URL.sub("<internal>", text)))
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def error_response(code: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An error answer: ``{"detail", "request_id"}``. The ``X-Request-ID`` header is Serve's proxy's, or
+    :class:`RequestGuard`'s outside Serve."""
+    return JSONResponse({"detail": detail, "request_id": current_request_id()}, code, headers=headers)
+
 
 def http_error(err: Exception) -> HTTPException:
-    """The HTTP answer to an error of the model server or the matcher (see the module docstring): a
-    :class:`~workembed.errors.WorkembedError` is the request's (4xx), Ray's overload errors are 503 and
-    anything else is a bug, logged with its traceback under a new request id and answered 500 with that id."""
+    """The HTTP answer to an error met while answering a request (see the module docstring). Client
+    messages are short (:func:`client_message`); the full error goes to the log under the request id."""
     cause = err.cause if isinstance(err, RayTaskError) else err
+    request_id = current_request_id()
+    code = None
     if isinstance(cause, UnknownSpaceError | UnknownModelError | NotFoundError):
-        return HTTPException(status.HTTP_404_NOT_FOUND, str(cause))
-    if isinstance(cause, NoThresholdError):
-        return HTTPException(status.HTTP_409_CONFLICT, str(cause))
-    if isinstance(cause, ModelLoadError | ClusterError):
-        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(cause))
-    if isinstance(cause, WorkembedError | ValidationError):
-        return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(cause))
-    if isinstance(cause, RayActorError | BackPressureError | DeploymentUnavailableError):
-        return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"temporarily unavailable, retry: {cause}")
-    request_id = uuid.uuid4().hex
+        code = status.HTTP_404_NOT_FOUND
+    elif isinstance(cause, NoThresholdError):
+        code = status.HTTP_409_CONFLICT
+    elif isinstance(cause, ModelIdError):
+        code = status.HTTP_400_BAD_REQUEST
+    elif isinstance(cause, UngatedVersionError):
+        code = status.HTTP_403_FORBIDDEN
+    elif isinstance(cause, RequestError):
+        code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    if code is not None:  # the request's fault: the full message is logged, a cleaned one answered
+        logger.info("request %s answered %d: %s", request_id, code, cause, extra={"request_id": request_id})
+        return HTTPException(code, client_message(cause))
+    unavailable = {
+        ModelLoadError: "the model version cannot be loaded now",
+        ClusterError: "a service the API needs is unavailable",
+        BackPressureError: "the server is busy",
+        DeploymentUnavailableError: "the server is busy",
+        RayActorError: "the server is busy",
+    }
+    for kind, message in unavailable.items():
+        if isinstance(cause, kind):
+            logger.warning(
+                "request %s answered 503: %s: %s",
+                request_id,
+                type(cause).__name__,
+                cause,
+                extra={"request_id": request_id},
+            )
+            return HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                f"{message}: retry later (request id {request_id})",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
     logger.error(
         "request failed: request_id=%s", request_id, exc_info=cause, extra={"request_id": request_id}
     )
-    return HTTPException(
-        status.HTTP_500_INTERNAL_SERVER_ERROR,
-        f"internal error ({type(cause).__name__}), request id {request_id}",
-        headers={REQUEST_ID_HEADER: request_id},
-    )
+    return HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, f"internal error, request id {request_id}")
 
 
 async def answer_errors(request: Request, call_next):
@@ -357,7 +461,87 @@ async def answer_errors(request: Request, call_next):
         return await call_next(request)
     except Exception as err:
         error = http_error(err)
-        return JSONResponse({"detail": error.detail}, error.status_code, headers=error.headers)
+        return error_response(error.status_code, error.detail, error.headers)
+
+
+async def answer_http_exception(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Exception handler: an HTTP error (401, 404, 405, those of :func:`http_error`) with the request id."""
+    return error_response(exc.status_code, exc.detail, getattr(exc, "headers", None))
+
+
+async def answer_invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Exception handler: a request FastAPI could not parse or validate is 422, each problem located (e.g.
+    ``["body", "texts", 0]``), with the request id."""
+    return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, jsonable_encoder(exc.errors()))
+
+
+class RequestGuard:
+    """ASGI middleware, the outermost of the API: gives each request an id (Serve's when Serve's proxy sent
+    it; else a new one, sent back in ``X-Request-ID``) and reads the body before anything else does,
+    answering 413 as soon as it is over ``max_body_bytes`` (by ``Content-Length``, or counted while a
+    chunked body streams in): no oversized body is parsed or reaches the API-key check."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from ray.serve.context import _get_serve_request_context
+
+        request_id = _get_serve_request_context().request_id
+        if not request_id:  # outside Serve: this middleware sends the header
+            request_id = uuid.uuid4().hex
+            send = self._with_request_id(send, request_id)
+        token = _REQUEST_ID.set(request_id)
+        try:
+            body = await self._read_body(scope, receive)
+            if body is None:
+                limit = self.max_body_bytes
+                detail = f"request body over {limit} bytes (limits.max_body_bytes)"
+                await error_response(status.HTTP_413_CONTENT_TOO_LARGE, detail)(scope, receive, send)
+                return
+            if body[-1]["type"] == "http.disconnect":  # the client left before sending its body
+                return
+            await self.app(scope, self._replay(body, receive), send)
+        finally:
+            _REQUEST_ID.reset(token)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> list[Message] | None:
+        """The body's messages, or None as soon as it is over the limit."""
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.strip().isdigit() and int(value) > self.max_body_bytes:
+                return None
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                return messages
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                return messages
+
+    @staticmethod
+    def _replay(messages: list[Message], receive: Receive) -> Receive:
+        async def replayed() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        return replayed
+
+    @staticmethod
+    def _with_request_id(send: Send, request_id: str) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).append(REQUEST_ID_HEADER, request_id)
+            await send(message)
+
+        return sending
 
 
 async def answer(pending: Awaitable[T]) -> T:
@@ -371,21 +555,63 @@ async def answer(pending: Awaitable[T]) -> T:
         raise http_error(err) from None
 
 
+async def count_token_vectors(model: ServedModel, texts: Sequence[str]) -> int:
+    """Token vectors ``/v1/embed`` with ``tokens=true`` returns for ``texts``: their non-special tokens
+    after truncation to the encoder's ``max_length`` (tokenized off the event loop)."""
+    encoder = model.encoder
+    tokenizer = encoder.tokenizer
+
+    def count() -> int:
+        ids = tokenizer(list(texts), truncation=True, max_length=encoder.max_length)["input_ids"]
+        return sum(len(row) for row in ids) - len(ids) * tokenizer.num_special_tokens_to_add(pair=False)
+
+    return await asyncio.to_thread(count)
+
+
+INTERNAL_KEYS = frozenset({"replica", "pid", "node", "node_id", "actor_id", "host", "ip", "path"})
+"""Keys of :meth:`ModelServer.describe` (and of its version entries) a client never sees."""
+
+
+def public_models(described: dict[str, Any]) -> dict[str, Any]:
+    """What ``GET /v1/models`` tells a client of :meth:`ModelServer.describe`: the versions (default and
+    multiplexed) with their aliases, info and load errors (messages as :func:`client_message`), and the
+    spaces; no replica, process or host details (:data:`INTERNAL_KEYS`)."""
+
+    def public(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                key: client_message(Exception(item))
+                if key == "message" and isinstance(item, str)
+                else public(item)
+                for key, item in value.items()
+                if key not in INTERNAL_KEYS
+            }
+        if isinstance(value, list):
+            return [public(item) for item in value]
+        return value
+
+    return public(described)
+
+
 def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConfig) -> FastAPI:
-    """The FastAPI application of a ``Models`` replica (``server``) with ``config``'s limits and API key."""
+    """The FastAPI application of a ``Models`` replica (``server``) with ``config``'s limits and API keys;
+    :class:`~workembed.errors.ConfigError` when auth is required and no key is configured."""
     bodies = request_models(config.limits, config.profiles.max_profiles_per_request)
     EmbedRequest, RankRequest = bodies.EmbedRequest, bodies.RankRequest
     NormalizeTitlesRequest, ExtractRequest = bodies.NormalizeTitlesRequest, bodies.ExtractRequest
     MatchRequest, ProfilesRequest = bodies.MatchRequest, bodies.ProfilesRequest
+    max_token_vectors = config.limits.max_token_vectors
 
-    api_key = read_api_key(config.api_key_env)
-    logger.info("API key %s", f"required (${config.api_key_env})" if api_key else "not configured")
+    keys = load_api_keys(config)
     app = FastAPI(
         title="workembed",
         summary="Work-domain text encoder over ESCO: embed, rank, extract skills, match profiles.",
     )
+    app.exception_handler(StarletteHTTPException)(answer_http_exception)
+    app.exception_handler(RequestValidationError)(answer_invalid_request)
     app.middleware("http")(answer_errors)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(api_key))] if api_key else [])
+    app.add_middleware(RequestGuard, max_body_bytes=config.limits.max_body_bytes)  # the outermost
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key(keys))] if keys else [])
 
     async def selected_model(
         header: Annotated[
@@ -406,16 +632,28 @@ def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConf
     async def encode(call: EncoderCall) -> Any:
         return await answer(server.submit(call))
 
-    @app.get("/healthz", summary="Liveness (no API key needed).")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get(
+        "/healthz",
+        summary="Liveness (no API key needed): 200 'ok', or 'degraded' while serving a cached version.",
+    )
+    async def healthz() -> dict[str, Any]:
+        return server.health()
 
     @v1.get("/models", summary="Served versions: the default (with its alias URI), multiplexed ones, errors.")
     async def served_models() -> dict[str, Any]:
-        return server.describe()
+        return public_models(server.describe())
 
     @v1.post("/embed", response_model=EmbedResponse, summary="Pooled (and token-level) embeddings.")
     async def embed(body: EmbedRequest, model: Selected) -> Any:
+        if body.tokens:
+            count = await answer(count_token_vectors(model, body.texts))
+            if count > max_token_vectors:
+                raise http_error(
+                    RequestError(
+                        f"texts: {count} token vectors with tokens=true, over the limit of "
+                        f"{max_token_vectors} (limits.max_token_vectors); send fewer or shorter texts"
+                    )
+                )
         embeddings = await encode(
             EncoderCall(model, "embed", tuple(body.texts), tokens=body.tokens, kind=body.kind)
         )
@@ -473,8 +711,11 @@ def create_api(server: ModelServer, matcher: DeploymentHandle, config: ServeConf
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Serve's application builder: ``args`` are :class:`ServeConfig` fields (validated here)."""
+    """Serve's application builder: ``args`` are :class:`ServeConfig` fields (validated here).
+    :class:`~workembed.errors.ConfigError` when auth is required and no API key is configured where the
+    application is built (each replica checks its own environment again)."""
     config = ServeConfig.model_validate(args or {})
+    load_api_keys(config)
     user_config = config.model_dump(mode="json")
     matcher_options: dict[str, Any] = {"user_config": user_config}
     if config.profiles.local:

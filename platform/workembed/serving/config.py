@@ -37,6 +37,23 @@ class LimitsConfig(Config):
         20000, ge=1, description="Most characters of one document: a job ad, a project document, a profile."
     )
     max_k: int = Field(100, ge=1, description="Largest k (results per query) a request may ask for.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body in bytes, by Content-Length or counted while a chunked body "
+        "streams in; a larger one is answered 413 before it is parsed or its API key checked.",
+    )
+    max_payload_bytes: int = Field(
+        8192,
+        ge=2,
+        description="Largest payload of one profile (/v1/profiles), as compact JSON in UTF-8 bytes.",
+    )
+    max_token_vectors: int = Field(
+        2048,
+        ge=1,
+        description="Most token vectors one /v1/embed request with tokens=true may return (texts x tokens "
+        "after truncation to max_length).",
+    )
 
     @model_validator(mode="after")
     def _documents_hold_texts(self) -> LimitsConfig:
@@ -136,6 +153,13 @@ class ServeConfig(Config):
     max_models_per_replica: int = Field(
         3, ge=1, description="Model versions one replica holds at once (Serve model multiplexing)."
     )
+    max_cached_versions: int = Field(
+        5,
+        ge=1,
+        description="Downloaded model versions kept in the download cache ($WORKEMBED_MODEL_CACHE); beyond "
+        "it the least recently used are deleted, never one a replica serves nor the last version an alias "
+        "resolved to (the fallback while MLflow is unreachable).",
+    )
     esco: str = Field(
         default_factory=_default_esco,
         min_length=1,
@@ -168,10 +192,23 @@ class ServeConfig(Config):
         description="Intra-op threads of the encoder and of the scoring (BLAS) in each replica; null: the "
         "libraries' defaults. On small shared CPUs, 1 per replica gives the steadiest latency.",
     )
+    auth: Literal["required", "disabled"] = Field(
+        "required",
+        description="'required': every /v1 route needs a valid X-API-Key header, and the application refuses "
+        "to start without a key (from api_key_env or api_keys_file); 'disabled': the API is open to anyone "
+        "who reaches it (a warning is logged at every start).",
+    )
     api_key_env: str = Field(
         "WORKEMBED_API_KEY",
-        description="When this environment variable is set, every route except /healthz needs its value in "
-        "the X-API-Key header.",
+        description="Environment variable holding the valid API keys, separated by commas or newlines (set "
+        "it from a secret, never in this file); unset or empty: no key from the environment.",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        min_length=1,
+        description="A file of valid API keys, one per line, '#' starts a comment (e.g. a mounted "
+        "Kubernetes Secret); re-read when it changes, so keys rotate without a restart. Its keys add to "
+        "those of api_key_env.",
     )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request limits.")
     batching: BatchingConfig = Field(default_factory=BatchingConfig, description="Encoder request batching.")

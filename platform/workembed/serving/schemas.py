@@ -4,14 +4,19 @@ Request models depend on the configured limits, so :func:`request_models` builds
 :class:`~workembed.serving.config.LimitsConfig`. Every text is stripped and must then be non-empty and
 within its limit (``max_text_chars`` for texts, titles, sentences and sections, ``max_document_chars`` for
 a job ad, a project document or a profile); lists hold 1 to ``max_items`` texts; ``k`` is 1 to ``max_k``;
-unknown fields are errors. A pydantic ``ValidationError`` (FastAPI: 422) gives the field's location.
+a profile's ``payload`` is at most ``max_payload_bytes`` as compact JSON; unknown fields are errors. A
+pydantic ``ValidationError`` (FastAPI: 422) gives the field's location. A request that parses but is refused
+by a check made later (e.g. too many token vectors) raises :class:`RequestError` (422 too); any other
+exception met while answering is a bug (500).
 """
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from workembed.errors import InputError
 from workembed.serving.config import LimitsConfig, ProfileIndexConfig
 from workembed.serving.profiles import check_filters
 
@@ -31,6 +36,16 @@ KIND_DESCRIPTION = (
 
 DEFAULT_MAX_PROFILES = ProfileIndexConfig.model_fields["max_profiles_per_request"].default
 FilterValue = str | bool | int | list[str] | list[int]
+
+
+class RequestError(InputError):
+    """The request is refused for a reason found after parsing it (HTTP 422 with this message, which names
+    the field and the limit)."""
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON in UTF-8."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 class Body(BaseModel):
@@ -148,6 +163,12 @@ def request_models(
             for key in value:
                 if not key or "." in key:
                     raise ValueError(f"payload key '{key}' must be non-empty and hold no '.'")
+            size = json_size(value)
+            if size > limits.max_payload_bytes:
+                raise ValueError(
+                    f"payload is {size} bytes as JSON, over the limit of {limits.max_payload_bytes} "
+                    "(limits.max_payload_bytes)"
+                )
             return value
 
     class ProfilesRequest(Body):

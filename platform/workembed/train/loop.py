@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workembed.config import public_dump
 from workembed.train.batches import Batch, EdgeGraph
 from workembed.train.config import TOKEN_HEADS, TrainConfig
 
@@ -268,9 +269,9 @@ def restore(engine) -> dict[str, Any]:
     """Load the latest checkpoint of this run, if any; return the trainer state to continue from:
     ``step`` (the next one), ``batches`` (digest of every batch so far) and ``resumed_at`` (steps at
     which the run was restored)."""
-    import ray.train
+    from workembed.train.checkpoints import resume_checkpoint
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = resume_checkpoint()  # never a checkpoint cut in the middle of its upload
     if checkpoint is None:
         return {"step": 0, "batches": [], "resumed_at": []}
     with checkpoint.as_directory() as directory:
@@ -297,6 +298,8 @@ def save_checkpoint(
     import ray.train
     from ray.train import Checkpoint
 
+    from workembed.train.checkpoints import checkpoint_dir_name, mark_complete
+
     step = int(state["step"])
     with tempfile.TemporaryDirectory(prefix="workembed-ckpt-") as directory:
         engine.save_checkpoint(directory, tag=CHECKPOINT_TAG, client_state={"step": step})
@@ -305,15 +308,18 @@ def save_checkpoint(
         if rank == 0:
             (Path(directory) / STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         ray.train.report(
-            metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=f"step-{step:07d}"
+            metrics,
+            checkpoint=Checkpoint.from_directory(directory),
+            checkpoint_dir_name=checkpoint_dir_name(step),
         )
+    mark_complete(step, rank)  # once every rank's files are uploaded
 
 
 def export_model(engine, model, directory: Path, config: TrainConfig, rank: int) -> None:
     """The self-describing model folder (gathering ZeRO-3 partitions first)."""
     import deepspeed
 
-    info = {"training": config.model_dump(mode="json")}
+    info = {"training": public_dump(config)}
     if config.deepspeed.zero_stage == 3:
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
             if rank == 0:

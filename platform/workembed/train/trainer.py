@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from workembed.config import resolve_data_path
+from workembed.config import public_dump, resolve_data_path
 from workembed.errors import ClusterError
 from workembed.runs import RunFolder, new_run_id, open_run
 from workembed.train.config import TrainConfig
@@ -38,8 +38,11 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     run_name = config.run_name or new_run_id("train")
     model_folder = None
     if config.output is not None:  # refused now (before any work) if it holds files, unless overwrite
-        model_folder = open_run(config.output, run_name, "train", overwrite=config.overwrite)
-    payload: dict[str, Any] = {"config": config.model_dump(mode="json")}
+        model_folder = open_run(
+            config.output, run_name, "train", overwrite=config.overwrite, storage=config.storage
+        )
+    # the workers rebuild the config without its secrets (they read no storage of their own)
+    payload: dict[str, Any] = {"config": public_dump(config)}
     if config.data.matching is not None:
         worker, datasets, unit = matching_worker, {}, "projects"
         from workembed.retrieval.matching_dataset import matching_folder
@@ -86,6 +89,12 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     )
     try:
         result = trainer.fit()
+    except ray.train.TrainingFailedError as error:  # workers, controller or storage gave out
+        close_mlflow_run(config, mlflow_run_id, "FAILED")
+        raise ClusterError(
+            f"training run {run_name} failed: {error}\nRun it again with run_name={run_name} to resume from "
+            "its last complete checkpoint."
+        ) from error
     except Exception:
         close_mlflow_run(config, mlflow_run_id, "FAILED")
         raise
@@ -242,7 +251,7 @@ def open_mlflow_run(config: TrainConfig, run_name: str) -> str | None:
         client.update_run(previous[0].info.run_id, status="RUNNING")
         return previous[0].info.run_id
     run = client.create_run(experiment_id, run_name=run_name, tags={"workembed.run_name": run_name})
-    params = param_values(config.model_dump(mode="json", exclude={"tracking": {"tracking_uri"}}))
+    params = param_values(public_dump(config, exclude={"tracking": {"tracking_uri"}}))
     client.log_batch(run.info.run_id, params=[Param(key, value) for key, value in params.items()])
     return run.info.run_id
 
