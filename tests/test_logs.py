@@ -108,7 +108,7 @@ def test_pipeline_job_lines_carry_the_prefix_the_runner_shows(capsys, monkeypatc
     setup_logging()
     logging.getLogger("workembed.data").info("ingest run r1: 2 rows\nsecond line")
     logging.getLogger("workembed.data").warning("3 rejects")
-    logging.getLogger("ray.data").warning("operator table")
+    logging.getLogger("urllib3").warning("connection pool is full")
     lines = capsys.readouterr().err.splitlines()
     assert [job_console_line(line) for line in lines] == [
         "ingest run r1: 2 rows",

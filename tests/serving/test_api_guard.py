@@ -38,11 +38,16 @@ class Records(logging.Handler):
         self.records.append(record)
 
     def __enter__(self) -> "Records":
-        logging.getLogger("ray.serve").addHandler(self)
+        logger = logging.getLogger("ray.serve")
+        self._level = logger.level  # another test may have quieted the libraries' loggers
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        logging.getLogger("ray.serve").removeHandler(self)
+        logger = logging.getLogger("ray.serve")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
 
     def messages(self, level: int) -> list[str]:
         return [record.getMessage() for record in self.records if record.levelno == level]
