@@ -46,6 +46,22 @@ def ray_head(tmp_path_factory):
     services.down(config)
 
 
+@pytest.fixture
+def runner_lines():
+    """The messages the pipeline runner logs during the test (a handler on its own logger: whatever an
+    earlier test did to propagation or levels)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("workembed.job_runner")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
 def _ingest_config(tmp_path: Path) -> Path:
     ads = tmp_path / "ads.jsonl"
     ads.write_text("".join(json.dumps(ad) + "\n" for ad in ADS), encoding="utf-8")
@@ -89,8 +105,7 @@ def _pipeline(tmp_path: Path, ray_head: str, ingest_set: list[str]) -> PipelineC
 
 
 @pytest.mark.slow
-def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="workembed")
+def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path, runner_lines):
     broken = _pipeline(tmp_path, ray_head, ["output=" + str(tmp_path / "out"), "no_such_field=1"])
     with pytest.raises(PipelineError) as failure:
         run_pipeline(broken)
@@ -111,8 +126,7 @@ def test_failed_stage_stops_and_resume_finishes_the_run(ray_head, tmp_path, capl
     assert "--set run_id=r1" in entry["entrypoint"]
     ads = pq.read_table(tmp_path / "out" / "r1" / "job_ads").to_pylist()
     assert sorted(ad["ad_id"] for ad in ads) == ["tiny:p1", "tiny:p2"]
-    lines = [record.getMessage() for record in caplog.records if record.name == "workembed.job_runner"]
-    shown = [line.strip() for line in lines if line.startswith("  ")]
+    shown = [line.strip() for line in runner_lines if line.startswith("  ")]
     assert any(line.startswith("ingest run r1:") for line in shown)  # the job's workembed lines are shown
     log = Path(entry["log"]).read_text(encoding="utf-8")
     assert entry["log"].endswith("logs/ingest-2.log") and f"{JOB_LINE_PREFIX}ingest run r1:" in log
